@@ -1,0 +1,611 @@
+//! The HTTP client: one request at a time per call, pooled keep-alive
+//! connections, a deadline over the whole request, a size cap on answers, and
+//! the mapping of transport failures and HTTP statuses to [`ErrorKind`]s.
+
+use std::cell::Cell;
+use std::io::{ErrorKind as IoKind, Read};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::config::{Address, Config, DEFAULT_TIMEOUT_MS};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Largest response body accepted (4 MiB). A larger one is
+/// [`ErrorKind::TooLarge`]; reading stops at the cap, so memory stays bounded.
+pub const MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Largest single line accepted from a log stream (1 MiB).
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// How long a pooled connection may sit idle before it is no longer reused.
+/// The supervisor (Node.js) closes idle connections after 5 s; staying well
+/// below that means a request never races the server's close.
+pub const MAX_IDLE_REUSE: Duration = Duration::from_millis(3_500);
+
+thread_local! {
+    static LAST_HTTP_STATUS: Cell<u16> = const { Cell::new(0) };
+}
+
+/// HTTP status of the last response received on this thread, 0 if none.
+pub fn last_http_status() -> u16 {
+    LAST_HTTP_STATUS.with(|c| c.get())
+}
+
+/// Forget the last HTTP status of this thread (start of a new call).
+pub fn reset_last_http_status() {
+    LAST_HTTP_STATUS.with(|c| c.set(0));
+}
+
+fn record_status(status: u16) {
+    LAST_HTTP_STATUS.with(|c| c.set(status));
+}
+
+/// HTTP methods the supervisor API uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// GET
+    Get,
+    /// POST
+    Post,
+    /// PATCH
+    Patch,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Patch => "PATCH",
+        }
+    }
+}
+
+/// One request to send.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    /// Method.
+    pub method: Method,
+    /// Path, with an already percent-encoded query if any (never the key).
+    pub path: &'a str,
+    /// Whether the API key is sent (`/ping` and `/v1/healthy` need none).
+    pub with_key: bool,
+    /// JSON body, sent with `Content-Type: application/json`.
+    pub json: Option<&'a str>,
+}
+
+impl<'a> Request<'a> {
+    /// A GET with the key.
+    pub fn get(path: &'a str) -> Self {
+        Request {
+            method: Method::Get,
+            path,
+            with_key: true,
+            json: None,
+        }
+    }
+
+    /// A POST with the key and no body.
+    pub fn post(path: &'a str) -> Self {
+        Request {
+            method: Method::Post,
+            ..Request::get(path)
+        }
+    }
+
+    /// A PATCH with the key and no body.
+    pub fn patch(path: &'a str) -> Self {
+        Request {
+            method: Method::Patch,
+            ..Request::get(path)
+        }
+    }
+
+    /// The same request with a JSON body.
+    pub fn json(self, body: &'a str) -> Self {
+        Request {
+            json: Some(body),
+            ..self
+        }
+    }
+
+    /// The same request without the API key.
+    pub fn without_key(self) -> Self {
+        Request {
+            with_key: false,
+            ..self
+        }
+    }
+
+    /// `METHOD /path`, how messages name the request.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.method.as_str(), self.path)
+    }
+}
+
+/// A response whose body was read whole (within [`MAX_BODY_BYTES`]).
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// The `Location` header, if any (for messages about redirects).
+    pub location: Option<String>,
+}
+
+/// Percent-encode everything but RFC 3986's unreserved characters.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A client of one supervisor. Cheap to share between threads (`Arc`).
+pub struct Client {
+    address: Address,
+    api_key: RwLock<Arc<str>>,
+    timeout_ms: AtomicU32,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("address", &self.address.base())
+            .field("api_key", &"<redacted>")
+            .field("timeout_ms", &self.timeout_ms())
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client for `config` with the default timeout.
+    pub fn new(config: Config) -> Client {
+        let agent = ureq::Agent::config_builder()
+            // Never the environment's proxy: the supervisor is on the device.
+            .proxy(None)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .max_idle_connections(32)
+            .max_idle_connections_per_host(32)
+            .max_idle_age(MAX_IDLE_REUSE)
+            .user_agent(concat!("balena_device/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        Client {
+            address: config.address,
+            api_key: RwLock::new(Arc::from(config.api_key.as_str())),
+            timeout_ms: AtomicU32::new(DEFAULT_TIMEOUT_MS),
+            agent,
+        }
+    }
+
+    /// The supervisor's address.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The deadline of one request, in milliseconds.
+    pub fn timeout_ms(&self) -> u32 {
+        self.timeout_ms.load(Ordering::Relaxed)
+    }
+
+    /// Set the deadline of one whole request (connect, send, receive).
+    pub fn set_timeout_ms(&self, ms: u32) -> Result<()> {
+        if ms == 0 {
+            return Err(Error::invalid("a timeout of 0 ms is not allowed"));
+        }
+        self.timeout_ms.store(ms, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.timeout_ms()))
+    }
+
+    pub(crate) fn api_key(&self) -> Arc<str> {
+        self.api_key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_api_key(&self, key: &str) {
+        *self.api_key.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(key);
+    }
+
+    /// Replace every occurrence of the API key (plain or percent-encoded) in
+    /// `text`.
+    pub fn scrub(&self, text: &str) -> String {
+        scrub_key(text, &self.api_key())
+    }
+
+    fn url(&self, req: &Request<'_>, key: &str) -> String {
+        let mut url = String::with_capacity(self.address.base().len() + req.path.len() + 48);
+        url.push_str(self.address.base());
+        url.push_str(req.path);
+        if req.with_key {
+            url.push(if req.path.contains('?') { '&' } else { '?' });
+            url.push_str("apikey=");
+            url.push_str(&percent_encode(key));
+        }
+        url
+    }
+
+    fn start(
+        &self,
+        req: &Request<'_>,
+        key: &str,
+        per_read: Option<Duration>,
+        deadline: Option<Instant>,
+    ) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let url = self.url(req, key);
+        let global = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let timeout = global.unwrap_or_else(|| self.timeout());
+        macro_rules! configure {
+            ($builder:expr) => {
+                $builder
+                    .config()
+                    .timeout_global(global)
+                    .timeout_connect(Some(timeout))
+                    .timeout_recv_response(Some(timeout))
+                    .timeout_per_read(per_read)
+                    .build()
+            };
+        }
+        match (req.method, req.json) {
+            (Method::Get, _) => configure!(self.agent.get(&url)).call(),
+            (Method::Post, None) => configure!(self.agent.post(&url)).send_empty(),
+            (Method::Patch, None) => configure!(self.agent.patch(&url)).send_empty(),
+            (Method::Post, Some(body)) => configure!(self.agent.post(&url))
+                .header("Content-Type", "application/json")
+                .send(body),
+            (Method::Patch, Some(body)) => configure!(self.agent.patch(&url))
+                .header("Content-Type", "application/json")
+                .send(body),
+        }
+    }
+
+    /// Send `req` and read the whole answer, within the timeout. A GET that
+    /// fails because a pooled connection turned out closed is sent once more on
+    /// a fresh connection; a POST or PATCH is never sent twice.
+    pub fn send(&self, req: &Request<'_>) -> Result<Response> {
+        self.send_within(req, self.timeout())
+    }
+
+    /// [`Client::send`] with a deadline of `timeout` instead of the client's.
+    pub fn send_within(&self, req: &Request<'_>, timeout: Duration) -> Result<Response> {
+        let key = self.api_key();
+        let deadline = Instant::now() + timeout;
+        let mut attempt = 0;
+        let mut response = loop {
+            attempt += 1;
+            match self.start(req, &key, None, Some(deadline)) {
+                Ok(r) => break r,
+                Err(e)
+                    if attempt == 1
+                        && req.method == Method::Get
+                        && is_stale_connection(&e)
+                        && Instant::now() < deadline => {}
+                Err(e) => return Err(self.transport_error(req, e, &key)),
+            }
+        };
+        let status = response.status().as_u16();
+        record_status(status);
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY_BYTES)
+            .read_to_vec()
+            .map_err(|e| self.transport_error(req, e, &key).with_http_status(status))?;
+        Ok(Response {
+            status,
+            body,
+            location,
+        })
+    }
+
+    /// Send `req` and hand each line of the answer to `on_line` as it arrives
+    /// (without its `\n` or a trailing `\r`). `on_line` returns `false` to stop
+    /// early, which closes the connection. There is no overall deadline, but no
+    /// byte for the timeout is [`ErrorKind::Timeout`]. A status other than 200
+    /// is mapped like any other answer.
+    pub fn stream_lines(
+        &self,
+        req: &Request<'_>,
+        on_line: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
+        let key = self.api_key();
+        let mut response = self
+            .start(req, &key, Some(self.timeout()), None)
+            .map_err(|e| self.transport_error(req, e, &key))?;
+        let status = response.status().as_u16();
+        record_status(status);
+        if status != 200 {
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(MAX_BODY_BYTES)
+                .read_to_vec()
+                .unwrap_or_default();
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            return Err(self.status_error(
+                req,
+                &Response {
+                    status,
+                    body,
+                    location,
+                },
+            ));
+        }
+        let mut reader = response.into_body().into_reader();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            let n = match reader.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == IoKind::Interrupted => continue,
+                Err(e) => {
+                    let err = match e.into_inner().map(|inner| inner.downcast::<ureq::Error>()) {
+                        Some(Ok(ureq_err)) => *ureq_err,
+                        Some(Err(other)) => ureq::Error::Io(std::io::Error::other(other)),
+                        None => ureq::Error::Io(std::io::Error::from(IoKind::Other)),
+                    };
+                    return Err(self
+                        .transport_error(req, err, &key)
+                        .with_http_status(status));
+                }
+            };
+            if n == 0 {
+                if !pending.is_empty() {
+                    let line = trim_cr(&pending);
+                    on_line(line);
+                }
+                return Ok(());
+            }
+            let mut data = &chunk[..n];
+            while let Some(pos) = data.iter().position(|&b| b == b'\n') {
+                let keep_going = if pending.is_empty() {
+                    on_line(trim_cr(&data[..pos]))
+                } else {
+                    pending.extend_from_slice(&data[..pos]);
+                    let go = on_line(trim_cr(&pending));
+                    pending.clear();
+                    go
+                };
+                if !keep_going {
+                    return Ok(());
+                }
+                data = &data[pos + 1..];
+            }
+            if pending.len() + data.len() > MAX_LINE_BYTES {
+                return Err(Error::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "{}: a line of the stream is longer than {} bytes",
+                        req.label(),
+                        MAX_LINE_BYTES
+                    ),
+                )
+                .with_http_status(status));
+            }
+            pending.extend_from_slice(data);
+        }
+    }
+
+    /// The error for a response whose status is not a success of the endpoint.
+    pub fn status_error(&self, req: &Request<'_>, resp: &Response) -> Error {
+        let kind = ErrorKind::from_http_status(resp.status);
+        let what = match resp.status {
+            401 => "unauthorized: the API key is missing, invalid (it may have been regenerated) \
+                    or not allowed for this app"
+                .to_string(),
+            423 => "update lock held: retry with force to override it".to_string(),
+            400 => "bad request".to_string(),
+            404 => {
+                "not found: this supervisor does not know the endpoint or the service".to_string()
+            }
+            409 => {
+                "conflict: the app is unknown to this device or out of the key's scope".to_string()
+            }
+            300..=399 => format!(
+                "redirect not followed (Location: {})",
+                resp.location.as_deref().unwrap_or("none")
+            ),
+            500..=599 => "supervisor error".to_string(),
+            _ => "unexpected HTTP status".to_string(),
+        };
+        let detail = body_detail(&resp.body);
+        let msg = if detail.is_empty() {
+            format!("{}: {} (HTTP {})", req.label(), what, resp.status)
+        } else {
+            format!(
+                "{}: {} (HTTP {}): {}",
+                req.label(),
+                what,
+                resp.status,
+                detail
+            )
+        };
+        Error::new(kind, self.scrub(&msg)).with_http_status(resp.status)
+    }
+
+    fn transport_error(&self, req: &Request<'_>, err: ureq::Error, key: &str) -> Error {
+        let target = self.address.base();
+        let (kind, what) = match &err {
+            ureq::Error::Timeout(_) => (
+                ErrorKind::Timeout,
+                format!(
+                    "no complete answer from {target} within the {} ms timeout",
+                    self.timeout_ms()
+                ),
+            ),
+            ureq::Error::HostNotFound => (
+                ErrorKind::Connect,
+                format!("could not resolve the supervisor host of {target}"),
+            ),
+            ureq::Error::ConnectionFailed => (
+                ErrorKind::Connect,
+                format!("could not connect to {target}: is the supervisor running?"),
+            ),
+            ureq::Error::BodyExceedsLimit(_) | ureq::Error::LargeResponseHeader(..) => (
+                ErrorKind::TooLarge,
+                format!("the answer is larger than the {MAX_BODY_BYTES}-byte cap"),
+            ),
+            ureq::Error::Io(io) => match io.kind() {
+                IoKind::ConnectionRefused
+                | IoKind::AddrNotAvailable
+                | IoKind::HostUnreachable
+                | IoKind::NetworkUnreachable
+                | IoKind::NotFound => (
+                    ErrorKind::Connect,
+                    format!("could not connect to {target} ({io}): is the supervisor running?"),
+                ),
+                IoKind::TimedOut | IoKind::WouldBlock => (
+                    ErrorKind::Timeout,
+                    format!(
+                        "no complete answer from {target} within the {} ms timeout",
+                        self.timeout_ms()
+                    ),
+                ),
+                _ => (
+                    ErrorKind::Io,
+                    format!("the connection to {target} broke mid-request ({io})"),
+                ),
+            },
+            ureq::Error::Protocol(p) => (
+                ErrorKind::InvalidResponse,
+                format!("the answer from {target} is not valid HTTP/1.1 ({p})"),
+            ),
+            other => (
+                ErrorKind::Io,
+                format!("the request to {target} failed ({other})"),
+            ),
+        };
+        Error::new(kind, scrub_key(&format!("{}: {}", req.label(), what), key))
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn is_stale_connection(err: &ureq::Error) -> bool {
+    match err {
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            IoKind::ConnectionReset
+                | IoKind::ConnectionAborted
+                | IoKind::BrokenPipe
+                | IoKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
+/// Replace `key` (plain or percent-encoded) in `text` by `<api key>`.
+pub fn scrub_key(text: &str, key: &str) -> String {
+    if key.is_empty() {
+        return text.to_string();
+    }
+    let mut out = text.replace(key, "<api key>");
+    let encoded = percent_encode(key);
+    if encoded != key {
+        out = out.replace(&encoded, "<api key>");
+    }
+    out
+}
+
+/// A short readable excerpt of an error body: the `message` (or `Error`) of a
+/// JSON body, else the text with HTML tags removed and white space folded.
+pub fn body_detail(body: &[u8]) -> String {
+    const MAX: usize = 300;
+    let text = String::from_utf8_lossy(body);
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&text) {
+        for field in ["message", "Error", "error"] {
+            match map.get(field) {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => return clip(s, MAX),
+                _ => {}
+            }
+        }
+    }
+    let mut plain = String::with_capacity(text.len().min(4 * MAX));
+    let mut in_tag = false;
+    for c in text.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                plain.push(' ');
+            }
+            _ if in_tag => {}
+            _ => plain.push(if c.is_control() { ' ' } else { c }),
+        }
+        if plain.len() > 4 * MAX {
+            break;
+        }
+    }
+    let folded = plain.split_whitespace().collect::<Vec<_>>().join(" ");
+    let folded = folded
+        .strip_prefix("Error ")
+        .map(str::to_string)
+        .unwrap_or(folded);
+    clip(&folded, MAX)
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_and_scrubbing() {
+        assert_eq!(percent_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(scrub_key("x k+y x k%2By", "k+y"), "x <api key> x <api key>");
+    }
+
+    #[test]
+    fn details() {
+        assert_eq!(
+            body_detail(br#"{"status":"failed","message":"Unauthorized"}"#),
+            "Unauthorized"
+        );
+        assert_eq!(
+            body_detail(br#"{"Data":"","Error":"Updates are locked"}"#),
+            "Updates are locked"
+        );
+        assert_eq!(
+            body_detail(b"<!DOCTYPE html><html><body><pre>Cannot GET /v9/x</pre></body></html>"),
+            "Cannot GET /v9/x"
+        );
+        assert_eq!(body_detail(&[b'a'; 1000]).len(), 303);
+    }
+}

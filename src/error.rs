@@ -1,0 +1,195 @@
+//! Errors of the core: one kind per status of the C contract, plus a message
+//! a person can act on and the HTTP status of the response, if one arrived.
+
+use std::fmt;
+
+/// What went wrong, in the categories of the C contract's `bd_status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Bad input from the caller; nothing was sent.
+    InvalidArgument,
+    /// No supervisor address or API key known.
+    NotConfigured,
+    /// Could not connect to the supervisor.
+    Connect,
+    /// The request's deadline passed (or a stream stalled for the timeout).
+    Timeout,
+    /// The connection broke mid-request, or a local I/O operation failed.
+    Io,
+    /// HTTP 401.
+    Unauthorized,
+    /// HTTP 423, or an update lock file is already present.
+    Locked,
+    /// HTTP 400.
+    BadRequest,
+    /// HTTP 404.
+    NotFound,
+    /// HTTP 5xx.
+    Server,
+    /// Any other unexpected HTTP status (3xx, 409, ...).
+    Http,
+    /// The body is not what the endpoint documents.
+    InvalidResponse,
+    /// The response exceeded the size cap.
+    TooLarge,
+    /// A bug inside the library.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The contract's numeric status for this kind (always negative).
+    pub fn code(self) -> i32 {
+        match self {
+            ErrorKind::InvalidArgument => -1,
+            ErrorKind::NotConfigured => -2,
+            ErrorKind::Connect => -3,
+            ErrorKind::Timeout => -4,
+            ErrorKind::Io => -5,
+            ErrorKind::Unauthorized => -6,
+            ErrorKind::Locked => -7,
+            ErrorKind::BadRequest => -8,
+            ErrorKind::NotFound => -9,
+            ErrorKind::Server => -10,
+            ErrorKind::Http => -11,
+            ErrorKind::InvalidResponse => -12,
+            ErrorKind::TooLarge => -13,
+            ErrorKind::Internal => -14,
+        }
+    }
+
+    /// Every kind, in code order (-1 first).
+    pub const ALL: [ErrorKind; 14] = [
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotConfigured,
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Io,
+        ErrorKind::Unauthorized,
+        ErrorKind::Locked,
+        ErrorKind::BadRequest,
+        ErrorKind::NotFound,
+        ErrorKind::Server,
+        ErrorKind::Http,
+        ErrorKind::InvalidResponse,
+        ErrorKind::TooLarge,
+        ErrorKind::Internal,
+    ];
+
+    /// The kind for a numeric status, if it is one of the contract's errors.
+    pub fn from_code(code: i32) -> Option<ErrorKind> {
+        ErrorKind::ALL.iter().copied().find(|k| k.code() == code)
+    }
+
+    /// A short static description of the kind, NUL-terminated.
+    pub fn describe_c(self) -> &'static std::ffi::CStr {
+        match self {
+            ErrorKind::InvalidArgument => {
+                c"invalid argument: bad input from the caller, nothing was sent"
+            }
+            ErrorKind::NotConfigured => c"not configured: no supervisor address or API key known",
+            ErrorKind::Connect => c"could not connect to the supervisor",
+            ErrorKind::Timeout => c"the request's deadline passed",
+            ErrorKind::Io => c"the connection broke mid-request (or a local I/O error)",
+            ErrorKind::Unauthorized => {
+                c"unauthorized (HTTP 401): API key missing, invalid or out of scope"
+            }
+            ErrorKind::Locked => c"an update lock is held (HTTP 423); retry with force",
+            ErrorKind::BadRequest => c"bad request (HTTP 400)",
+            ErrorKind::NotFound => c"not found (HTTP 404)",
+            ErrorKind::Server => c"supervisor error (HTTP 5xx)",
+            ErrorKind::Http => c"unexpected HTTP status",
+            ErrorKind::InvalidResponse => c"the response body is not what the endpoint documents",
+            ErrorKind::TooLarge => c"the response exceeded the size cap",
+            ErrorKind::Internal => c"internal error in balena_device (a bug)",
+        }
+    }
+
+    /// A short static description of the kind.
+    pub fn describe(self) -> &'static str {
+        self.describe_c().to_str().unwrap_or("")
+    }
+
+    /// The kind for an HTTP status that is not a success of the endpoint.
+    pub fn from_http_status(status: u16) -> ErrorKind {
+        match status {
+            400 => ErrorKind::BadRequest,
+            401 => ErrorKind::Unauthorized,
+            404 => ErrorKind::NotFound,
+            423 => ErrorKind::Locked,
+            500..=599 => ErrorKind::Server,
+            _ => ErrorKind::Http,
+        }
+    }
+}
+
+/// An error of the core: its kind, a message saying what failed and why (never
+/// containing the API key), and the HTTP status of the response, 0 if none arrived.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    http_status: u16,
+}
+
+impl Error {
+    /// A new error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            message: message.into(),
+            http_status: 0,
+        }
+    }
+
+    /// Shorthand for an [`ErrorKind::InvalidArgument`] error.
+    pub fn invalid(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// Attach the HTTP status of the response that caused the error.
+    pub fn with_http_status(mut self, status: u16) -> Error {
+        self.http_status = status;
+        self
+    }
+
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The contract's numeric status.
+    pub fn code(&self) -> i32 {
+        self.kind.code()
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// HTTP status of the response that caused the error, 0 if none arrived.
+    pub fn http_status(&self) -> u16 {
+        self.http_status
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("http_status", &self.http_status)
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result type of the core.
+pub type Result<T> = std::result::Result<T, Error>;

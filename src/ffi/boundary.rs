@@ -1,0 +1,182 @@
+//! The one boundary every export goes through: panics caught, last error and
+//! HTTP status kept per thread, C strings checked, text written snprintf-style.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::client::{self, Client};
+use crate::error::{Error, ErrorKind, Result};
+use crate::global;
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: &str) {
+    let bytes: Vec<u8> = message.bytes().filter(|&b| b != 0).collect();
+    let text = CString::new(bytes).unwrap_or_default();
+    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = text);
+}
+
+/// Pointer to this thread's last error text (valid until the next call that
+/// sets or clears it on this thread).
+pub(crate) fn last_error_ptr() -> *const c_char {
+    LAST_ERROR
+        .try_with(|e| e.borrow().as_ptr())
+        .unwrap_or(c"".as_ptr())
+}
+
+/// Run the body of an export: clear this thread's last error and HTTP status,
+/// run `body` catching any panic, and turn its result into the C return value
+/// (`Ok(v)` → `v`; `Err(e)` → `e`'s status, with its message kept as the last
+/// error; a panic → `BD_ERR_INTERNAL`).
+pub fn boundary(body: impl FnOnce() -> Result<c_int>) -> c_int {
+    set_last_error("");
+    client::reset_last_http_status();
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            set_last_error(e.message());
+            e.code()
+        }
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            set_last_error(&format!(
+                "internal error in balena_device (please report it): {what}"
+            ));
+            ErrorKind::Internal.code()
+        }
+    }
+}
+
+/// [`boundary`] around a call on the default client that returns nothing.
+pub fn call(body: impl FnOnce(&Client) -> Result<()>) -> c_int {
+    boundary(|| body(&*global::client()?).map(|()| 0))
+}
+
+/// [`boundary`] around a call on the default client that produces text,
+/// written into `(buf, len)` snprintf-style. The buffer is checked before
+/// anything is sent.
+///
+/// # Safety
+/// `buf` must be NULL or point to `len` writable bytes.
+pub unsafe fn text(
+    buf: *mut c_char,
+    len: usize,
+    body: impl FnOnce(&Client) -> Result<String>,
+) -> c_int {
+    boundary(|| {
+        check_out_buf(buf, len)?;
+        let text = body(&*global::client()?)?;
+        // SAFETY: checked above; the caller promises `len` writable bytes.
+        unsafe { write_text(buf, len, &text) }
+    })
+}
+
+/// The default client (created from the environment on first use).
+pub fn client() -> Result<Arc<Client>> {
+    global::client()
+}
+
+/// A text buffer argument: NULL is allowed only with `len == 0`.
+pub fn check_out_buf(buf: *mut c_char, len: usize) -> Result<()> {
+    if buf.is_null() && len > 0 {
+        return Err(Error::invalid("buf is NULL but len is not 0"));
+    }
+    Ok(())
+}
+
+/// Write `text` snprintf-style: at most `len - 1` bytes and a NUL when
+/// `len > 0`; returns the full length. Text with a NUL byte inside is
+/// refused, since C would see it cut short.
+///
+/// # Safety
+/// `buf` must be NULL with `len == 0`, or point to `len` writable bytes.
+pub unsafe fn write_text(buf: *mut c_char, len: usize, text: &str) -> Result<c_int> {
+    if text.as_bytes().contains(&0) {
+        return Err(Error::new(
+            ErrorKind::InvalidResponse,
+            "the answer contains a NUL byte and cannot be returned as C text",
+        ));
+    }
+    if len > 0 && !buf.is_null() {
+        let n = text.len().min(len - 1);
+        // SAFETY: n < len bytes fit; the regions cannot overlap (ours is a Rust String).
+        unsafe {
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
+            *buf.add(n) = 0;
+        }
+    }
+    Ok(c_int::try_from(text.len()).unwrap_or(c_int::MAX))
+}
+
+/// Copy `text` into a fixed C char array, truncated at a character boundary
+/// so it always ends with a NUL inside the array. Absent → `""`.
+pub fn fill_field<const N: usize>(field: &mut [c_char; N], text: Option<&str>) {
+    let text = text.unwrap_or("");
+    let mut n = text.len().min(N.saturating_sub(1));
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    for (dst, &src) in field.iter_mut().zip(&text.as_bytes()[..n]) {
+        *dst = src as c_char;
+    }
+    for dst in field.iter_mut().skip(n) {
+        *dst = 0;
+    }
+}
+
+/// A required C string argument as `&str`: NULL or non-UTF-8 is
+/// `BD_ERR_INVALID_ARGUMENT`, naming `what`.
+///
+/// # Safety
+/// `ptr` must be NULL or a NUL-terminated string that outlives `'a`.
+pub unsafe fn arg_str<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
+    if ptr.is_null() {
+        return Err(Error::invalid(format!("{what} is NULL")));
+    }
+    // SAFETY: non-NULL and NUL-terminated by the caller's promise.
+    unsafe { CStr::from_ptr(ptr) }
+        .to_str()
+        .map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
+}
+
+/// An optional C string argument (NULL → `None`), else as [`arg_str`].
+///
+/// # Safety
+/// As [`arg_str`].
+pub unsafe fn opt_str<'a>(ptr: *const c_char, what: &str) -> Result<Option<&'a str>> {
+    if ptr.is_null() {
+        Ok(None)
+    } else {
+        // SAFETY: forwarded.
+        unsafe { arg_str(ptr, what) }.map(Some)
+    }
+}
+
+/// A service name argument: as [`arg_str`], and not empty, without control
+/// characters.
+///
+/// # Safety
+/// As [`arg_str`].
+pub unsafe fn arg_service<'a>(ptr: *const c_char) -> Result<&'a str> {
+    // SAFETY: forwarded.
+    let name = unsafe { arg_str(ptr, "service") }?;
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "service is empty or contains control characters",
+        ));
+    }
+    Ok(name)
+}
+
+/// A bool for C's `int` results: 1 or 0.
+pub fn flag(b: bool) -> c_int {
+    c_int::from(b)
+}

@@ -1,0 +1,729 @@
+//! The exported functions. Each is one line over the boundary helpers.
+//!
+//! Common to all that talk to the supervisor: they use the process-wide
+//! default client (created from the environment on first use), may be called
+//! from any thread, block at most the timeout (`bd_set_timeout_ms`, default
+//! 30 s), and can fail with `BD_ERR_NOT_CONFIGURED`, `BD_ERR_CONNECT`,
+//! `BD_ERR_TIMEOUT`, `BD_ERR_IO`, `BD_ERR_UNAUTHORIZED` (401),
+//! `BD_ERR_SERVER` (5xx), `BD_ERR_HTTP` (other statuses, redirects),
+//! `BD_ERR_TOO_LARGE` and `BD_ERR_INTERNAL`, besides the errors each names.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::time::Duration;
+
+use super::boundary::{arg_service, arg_str, boundary, call, fill_field, flag, opt_str, text};
+use super::{bd_device_state, bd_line_cb};
+use crate::api::{Service, ServiceAction};
+use crate::error::{Error, ErrorKind};
+use crate::{client, global, lock};
+
+// ---------------------------------------------------------------- library
+
+/// The library version, e.g. "0.1.0" (static; equals the
+/// `BD_VERSION_MAJOR.MINOR.PATCH` macros). Never fails.
+#[no_mangle]
+pub extern "C" fn bd_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// A static, NUL-terminated description of a status code (`BD_OK` or a
+/// `bd_status`); "unknown status" for any other value. Never fails.
+#[no_mangle]
+pub extern "C" fn bd_strerror(status: c_int) -> *const c_char {
+    match ErrorKind::from_code(status) {
+        Some(kind) => kind.describe_c().as_ptr(),
+        None if status == 0 => c"success".as_ptr(),
+        None => c"unknown status".as_ptr(),
+    }
+}
+
+/// A message about the last failure on the calling thread: what failed and
+/// why (e.g. "POST /v1/reboot: update lock held ... (HTTP 423): ..."), never
+/// containing the API key. `""` after a success. Valid until the next `bd_`
+/// call on this thread (other than `bd_last_error`, `bd_last_http_status`,
+/// `bd_strerror` and `bd_version`). Never NULL.
+#[no_mangle]
+pub extern "C" fn bd_last_error() -> *const c_char {
+    super::boundary::last_error_ptr()
+}
+
+/// HTTP status of the last response received by the last call on this
+/// thread; 0 if none arrived (e.g. connection refused, bad input).
+#[no_mangle]
+pub extern "C" fn bd_last_http_status() -> c_int {
+    c_int::from(client::last_http_status())
+}
+
+/// Configure the default client. `address` is `http://host[:port][/]`
+/// (NULL: from `BALENA_SUPERVISOR_ADDRESS` and its fallbacks); `api_key`
+/// NULL: from `BALENA_SUPERVISOR_API_KEY` (or `RESIN_SUPERVISOR_API_KEY`).
+/// Sends nothing. Returns `BD_OK`; `BD_ERR_INVALID_ARGUMENT` for a malformed
+/// address (scheme other than http, bad host or port, a path, control
+/// characters) or key (empty, white space, control characters), or non-UTF-8
+/// text; `BD_ERR_NOT_CONFIGURED` when a value taken from the environment is
+/// missing. On error the previous configuration stays.
+///
+/// # Safety
+/// `address` and `api_key` must each be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bd_init(address: *const c_char, api_key: *const c_char) -> c_int {
+    boundary(|| {
+        // SAFETY: the caller's promise.
+        let (address, api_key) =
+            unsafe { (opt_str(address, "address")?, opt_str(api_key, "api_key")?) };
+        global::init(address, api_key).map(|()| 0)
+    })
+}
+
+/// Re-read the supervisor address and key from the environment now. Sends
+/// nothing. Returns `BD_OK` or `BD_ERR_NOT_CONFIGURED` (the previous
+/// configuration then stays).
+#[no_mangle]
+pub extern "C" fn bd_init_from_env() -> c_int {
+    boundary(|| global::init_from_env().map(|()| 0))
+}
+
+/// Set the deadline of one whole request (connect, send, receive), in
+/// milliseconds; default 30000. For log streams it is the longest allowed
+/// stall. Returns `BD_OK`, or `BD_ERR_INVALID_ARGUMENT` for 0.
+#[no_mangle]
+pub extern "C" fn bd_set_timeout_ms(ms: u32) -> c_int {
+    boundary(|| global::set_timeout_ms(ms).map(|()| 0))
+}
+
+/// Drop the default client and its pooled connections and restore the
+/// default timeout; the next call starts from the environment again. Calls
+/// in progress on other threads finish normally. Never fails.
+#[no_mangle]
+pub extern "C" fn bd_cleanup() {
+    boundary(|| {
+        global::cleanup();
+        Ok(0)
+    });
+}
+
+// ---------------------------------------------------------------- V1
+
+/// `GET /ping` (no key needed). Returns `BD_OK` when the supervisor answers
+/// 200.
+#[no_mangle]
+pub extern "C" fn bd_ping() -> c_int {
+    call(|c| c.ping())
+}
+
+/// `GET /v1/healthy` (no key needed). Returns 1 when healthy (200), 0 when
+/// unhealthy (500), or a negative status.
+#[no_mangle]
+pub extern "C" fn bd_healthy() -> c_int {
+    boundary(|| Ok(flag(global::client()?.healthy()?)))
+}
+
+/// `POST /v1/blink`: the device's LED blinks for 15 s. Returns `BD_OK`.
+#[no_mangle]
+pub extern "C" fn bd_blink() -> c_int {
+    call(|c| c.blink())
+}
+
+/// `POST /v1/reboot` with `{"force":force}`. Returns `BD_OK` (202);
+/// `BD_ERR_LOCKED` (423) when an update lock is held and `force` is false.
+#[no_mangle]
+pub extern "C" fn bd_reboot(force: bool) -> c_int {
+    call(|c| c.reboot(force))
+}
+
+/// `POST /v1/shutdown` with `{"force":force}`. Returns `BD_OK` (202);
+/// `BD_ERR_LOCKED` (423) when an update lock is held and `force` is false.
+#[no_mangle]
+pub extern "C" fn bd_shutdown(force: bool) -> c_int {
+    call(|c| c.shutdown(force))
+}
+
+/// `POST /v1/update` with `{"force":force}` (force: apply even though locks
+/// are held). Returns `BD_OK` on 202 (accepted) or 204 (applied at once).
+#[no_mangle]
+pub extern "C" fn bd_update(force: bool) -> c_int {
+    call(|c| c.update(force))
+}
+
+/// `POST /v1/purge` with `{"appId":app_id}`: purge the app's data.
+/// `app_id` may be `BD_CURRENT_APP`. Returns `BD_OK`; `BD_ERR_BAD_REQUEST`
+/// (400), `BD_ERR_LOCKED` (423), `BD_ERR_SERVER` (503: app not on the device),
+/// `BD_ERR_NOT_CONFIGURED` (`BD_CURRENT_APP` without an app id).
+#[no_mangle]
+pub extern "C" fn bd_purge(app_id: u32) -> c_int {
+    call(|c| c.purge(app_id))
+}
+
+/// `POST /v1/restart` with `{"appId":app_id}`. `app_id` may be
+/// `BD_CURRENT_APP`. Returns `BD_OK`; `BD_ERR_BAD_REQUEST` (400),
+/// `BD_ERR_LOCKED` (423), `BD_ERR_SERVER` (503: app not on the device),
+/// `BD_ERR_NOT_CONFIGURED`.
+#[no_mangle]
+pub extern "C" fn bd_restart(app_id: u32) -> c_int {
+    call(|c| c.restart(app_id))
+}
+
+/// `POST /v1/regenerate-api-key`. Writes the new key into `(buf, len)`
+/// snprintf-style and returns its full length; the default client uses the
+/// new key at once (the old one is rejected by the supervisor). Errors:
+/// `BD_ERR_INVALID_ARGUMENT` (`buf` NULL with `len` > 0; nothing sent),
+/// `BD_ERR_INVALID_RESPONSE` (the answer is not a key).
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_regenerate_api_key(buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.regenerate_api_key()) }
+}
+
+/// `GET /v1/apps/:appId`. Writes the JSON object text into `(buf, len)`
+/// snprintf-style and returns its full length. `app_id` may be
+/// `BD_CURRENT_APP`. Errors: `BD_ERR_BAD_REQUEST` (400: multi-container app,
+/// app not found), `BD_ERR_UNAUTHORIZED` (401: app out of the key's scope),
+/// `BD_ERR_INVALID_RESPONSE` (not a JSON object), `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_app_state_json(app_id: u32, buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.app_state_json(app_id)) }
+}
+
+/// `POST /v1/apps/:appId/start` (no body). Writes the container id into
+/// `(buf, len)` (may be NULL with `len` 0) and returns its length. Never
+/// `BD_ERR_LOCKED`. Errors: `BD_ERR_BAD_REQUEST` (400: multi-container app,
+/// app not installed), `BD_ERR_SERVER` (503: app not on the device),
+/// `BD_ERR_INVALID_RESPONSE` (no `containerId`), `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_start_app(app_id: u32, buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.start_app(app_id)) }
+}
+
+/// `POST /v1/apps/:appId/stop` with `{"force":force}`. Writes the container
+/// id into `(buf, len)` (may be NULL with `len` 0) and returns its length.
+/// Errors: `BD_ERR_LOCKED` (423), `BD_ERR_BAD_REQUEST` (400),
+/// `BD_ERR_SERVER` (503), `BD_ERR_INVALID_RESPONSE` (no `containerId`),
+/// `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_stop_app(
+    app_id: u32,
+    force: bool,
+    buf: *mut c_char,
+    len: usize,
+) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.stop_app(app_id, force)) }
+}
+
+/// `GET /v1/device`. Writes the JSON object text into `(buf, len)`
+/// snprintf-style and returns its full length. Errors:
+/// `BD_ERR_INVALID_RESPONSE` (not a JSON object), `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_state_json(buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.state_json()) }
+}
+
+/// `GET /v1/device/host-config`. Writes the JSON object text into
+/// `(buf, len)` snprintf-style and returns its full length. Errors:
+/// `BD_ERR_INVALID_RESPONSE`, `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_host_config_json(buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.host_config_json()) }
+}
+
+/// `PATCH /v1/device/host-config` with `json` (a JSON object, e.g.
+/// `{"network":{"hostname":"x"}}`) sent as given: its own top-level `force`
+/// overrides an update lock. Returns `BD_OK`; `BD_ERR_INVALID_ARGUMENT`
+/// (NULL, not UTF-8, not a JSON object; nothing sent), `BD_ERR_BAD_REQUEST`
+/// (400: no `network` object), `BD_ERR_LOCKED` (423).
+///
+/// # Safety
+/// `json` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bd_set_host_config_json(json: *const c_char) -> c_int {
+    // SAFETY: the caller's promise.
+    let json = unsafe { arg_str(json, "json") };
+    call(|c| c.set_host_config_json(json?))
+}
+
+// ---------------------------------------------------------------- V2
+
+/// `GET /v2/applications/state`. Writes the JSON object text (app name →
+/// app) into `(buf, len)` snprintf-style and returns its full length.
+/// Errors: `BD_ERR_INVALID_RESPONSE`, `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_applications_state_json(buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.applications_state_json()) }
+}
+
+/// `GET /v2/applications/:appId/state`. Writes the JSON object text into
+/// `(buf, len)` and returns its full length. `app_id` may be
+/// `BD_CURRENT_APP`. Errors: `BD_ERR_HTTP` (409: app unknown or out of the
+/// key's scope), `BD_ERR_BAD_REQUEST` (400), `BD_ERR_INVALID_RESPONSE`,
+/// `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_application_state_json(
+    app_id: u32,
+    buf: *mut c_char,
+    len: usize,
+) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.application_state_json(app_id)) }
+}
+
+/// `GET /v2/state/status`. Writes the JSON object text into `(buf, len)`
+/// and returns its full length. Errors: `BD_ERR_INVALID_RESPONSE`,
+/// `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_state_status_json(buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.state_status_json()) }
+}
+
+/// `POST /v2/applications/:appId/restart-service` with
+/// `{"serviceName":service,"force":force}`. `app_id` may be `BD_CURRENT_APP`.
+/// Returns `BD_OK`; `BD_ERR_INVALID_ARGUMENT` (service NULL, empty, not
+/// UTF-8, control characters; nothing sent), `BD_ERR_NOT_FOUND` (404: unknown
+/// service), `BD_ERR_BAD_REQUEST` (400), `BD_ERR_LOCKED` (423),
+/// `BD_ERR_SERVER` (503: app not on the device).
+///
+/// # Safety
+/// `service` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bd_restart_service(
+    app_id: u32,
+    service: *const c_char,
+    force: bool,
+) -> c_int {
+    // SAFETY: the caller's promise.
+    let name = unsafe { arg_service(service) };
+    call(|c| c.service_action(app_id, ServiceAction::Restart, Service::Name(name?), force))
+}
+
+/// `POST /v2/applications/:appId/stop-service` with
+/// `{"serviceName":service,"force":force}`. As `bd_restart_service`.
+///
+/// # Safety
+/// `service` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bd_stop_service(
+    app_id: u32,
+    service: *const c_char,
+    force: bool,
+) -> c_int {
+    // SAFETY: the caller's promise.
+    let name = unsafe { arg_service(service) };
+    call(|c| c.service_action(app_id, ServiceAction::Stop, Service::Name(name?), force))
+}
+
+/// `POST /v2/applications/:appId/start-service` with
+/// `{"serviceName":service,"force":force}`. As `bd_restart_service`, never
+/// `BD_ERR_LOCKED`.
+///
+/// # Safety
+/// `service` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bd_start_service(
+    app_id: u32,
+    service: *const c_char,
+    force: bool,
+) -> c_int {
+    // SAFETY: the caller's promise.
+    let name = unsafe { arg_service(service) };
+    call(|c| c.service_action(app_id, ServiceAction::Start, Service::Name(name?), force))
+}
+
+/// `POST /v2/applications/:appId/restart-service` with
+/// `{"imageId":image_id,"force":force}`. Returns `BD_OK`; errors as
+/// `bd_restart_service`.
+#[no_mangle]
+pub extern "C" fn bd_restart_service_by_image(app_id: u32, image_id: u32, force: bool) -> c_int {
+    call(|c| {
+        c.service_action(
+            app_id,
+            ServiceAction::Restart,
+            Service::Image(image_id),
+            force,
+        )
+    })
+}
+
+/// `POST /v2/applications/:appId/stop-service` with
+/// `{"imageId":image_id,"force":force}`. Returns `BD_OK`; errors as
+/// `bd_restart_service`.
+#[no_mangle]
+pub extern "C" fn bd_stop_service_by_image(app_id: u32, image_id: u32, force: bool) -> c_int {
+    call(|c| c.service_action(app_id, ServiceAction::Stop, Service::Image(image_id), force))
+}
+
+/// `POST /v2/applications/:appId/start-service` with
+/// `{"imageId":image_id,"force":force}`. Returns `BD_OK`; errors as
+/// `bd_restart_service`, never `BD_ERR_LOCKED`.
+#[no_mangle]
+pub extern "C" fn bd_start_service_by_image(app_id: u32, image_id: u32, force: bool) -> c_int {
+    call(|c| {
+        c.service_action(
+            app_id,
+            ServiceAction::Start,
+            Service::Image(image_id),
+            force,
+        )
+    })
+}
+
+/// `POST /v2/applications/:appId/restart` with `{"force":force}`: restart
+/// every service of the app. `app_id` may be `BD_CURRENT_APP`. Returns
+/// `BD_OK`; `BD_ERR_BAD_REQUEST` (400), `BD_ERR_LOCKED` (423),
+/// `BD_ERR_SERVER`, `BD_ERR_NOT_CONFIGURED`.
+#[no_mangle]
+pub extern "C" fn bd_restart_app(app_id: u32, force: bool) -> c_int {
+    call(|c| c.restart_app(app_id, force))
+}
+
+/// `POST /v2/applications/:appId/purge` with `{"force":force}`: purge the
+/// app's data. As `bd_restart_app`.
+#[no_mangle]
+pub extern "C" fn bd_purge_app(app_id: u32, force: bool) -> c_int {
+    call(|c| c.purge_app(app_id, force))
+}
+
+/// `GET /v2/version`. Writes the `version` string (e.g. "19.0.5") into
+/// `(buf, len)` and returns its full length. Errors:
+/// `BD_ERR_INVALID_RESPONSE` (no string `version`), `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_supervisor_version(buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.supervisor_version()) }
+}
+
+/// `GET /v2/containerId?service=<service, percent-encoded>`. Writes the
+/// container id into `(buf, len)` and returns its full length. Errors:
+/// `BD_ERR_SERVER` (503: no service with that name),
+/// `BD_ERR_INVALID_RESPONSE`, `BD_ERR_INVALID_ARGUMENT` (service NULL,
+/// empty, not UTF-8, control characters; nothing sent).
+///
+/// # Safety
+/// `service` must be NULL or a NUL-terminated string; `buf` NULL (with `len`
+/// 0) or `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_container_id(
+    service: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+) -> c_int {
+    // SAFETY: the caller's promise.
+    let name = unsafe { arg_service(service) };
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.container_id(name?)) }
+}
+
+/// `GET /v2/containerId`. Writes the `services` JSON object text (service
+/// name → container id) into `(buf, len)` and returns its full length.
+/// Errors: `BD_ERR_INVALID_RESPONSE`, `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_container_ids_json(buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.container_ids_json()) }
+}
+
+/// `GET /v2/device/name`. Writes the `deviceName` string into `(buf, len)`
+/// and returns its full length. Errors: `BD_ERR_INVALID_RESPONSE`,
+/// `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_device_name(buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.device_name()) }
+}
+
+/// `GET /v2/device/tags`. Writes the `tags` JSON array text
+/// (`[{"id","name","value"}]`) into `(buf, len)` and returns its full
+/// length. Errors: `BD_ERR_SERVER` (500: no connection to the balena API),
+/// `BD_ERR_INVALID_RESPONSE`, `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_device_tags_json(buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.device_tags_json()) }
+}
+
+/// `PATCH /v2/device/tags` with `json_object` (`{"name":"value",...}`) sent
+/// as given. Returns `BD_OK` (202); `BD_ERR_INVALID_ARGUMENT` (NULL, not
+/// UTF-8, not a JSON object; nothing sent), `BD_ERR_BAD_REQUEST` (400: a value
+/// not a string, a name with white space), `BD_ERR_SERVER` (500).
+///
+/// # Safety
+/// `json_object` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bd_set_device_tags_json(json_object: *const c_char) -> c_int {
+    // SAFETY: the caller's promise.
+    let json = unsafe { arg_str(json_object, "json_object") };
+    call(|c| c.set_device_tags_json(json?))
+}
+
+/// `GET /v2/device/vpn`. On success writes `vpn.enabled` to `*enabled` and
+/// `vpn.connected` to `*connected` and returns `BD_OK` (nothing is written
+/// on error). Errors: `BD_ERR_INVALID_ARGUMENT` (a NULL pointer; nothing
+/// sent), `BD_ERR_INVALID_RESPONSE`.
+///
+/// # Safety
+/// `enabled` and `connected` must be NULL or valid `bool` pointers.
+#[no_mangle]
+pub unsafe extern "C" fn bd_vpn_status(enabled: *mut bool, connected: *mut bool) -> c_int {
+    boundary(|| {
+        if enabled.is_null() || connected.is_null() {
+            return Err(Error::invalid("enabled or connected is NULL"));
+        }
+        let (e, c) = global::client()?.vpn_status()?;
+        // SAFETY: both non-NULL and valid by the caller's promise.
+        unsafe {
+            *enabled = e;
+            *connected = c;
+        }
+        Ok(0)
+    })
+}
+
+/// `GET /v2/cleanup-volumes`: remove volumes no app references. Returns
+/// `BD_OK`; `BD_ERR_SERVER` (503).
+#[no_mangle]
+pub extern "C" fn bd_cleanup_volumes() -> c_int {
+    call(|c| c.cleanup_volumes())
+}
+
+/// `GET /v2/local/target-state`. Writes the `state` JSON object text into
+/// `(buf, len)` and returns its full length. Errors:
+/// `BD_ERR_INVALID_RESPONSE`, `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_local_target_state_json(buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.local_target_state_json()) }
+}
+
+/// `POST /v2/local/target-state` with `json` (a JSON object) as the body.
+/// Returns `BD_OK`; `BD_ERR_INVALID_ARGUMENT` (NULL, not UTF-8, not a JSON
+/// object; nothing sent), `BD_ERR_BAD_REQUEST` (400: device not in local
+/// mode, or an invalid state).
+///
+/// # Safety
+/// `json` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bd_set_local_target_state_json(json: *const c_char) -> c_int {
+    // SAFETY: the caller's promise.
+    let json = unsafe { arg_str(json, "json") };
+    call(|c| c.set_local_target_state_json(json?))
+}
+
+/// `GET /v2/local/device-info`. Writes the `info` JSON object text
+/// (`{"arch","deviceType"}`) into `(buf, len)` and returns its full length.
+/// Errors: `BD_ERR_SERVER` (500), `BD_ERR_INVALID_RESPONSE`,
+/// `BD_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bd_device_info_json(buf: *mut c_char, len: usize) -> c_int {
+    // SAFETY: the caller's promise.
+    unsafe { text(buf, len, |c| c.device_info_json()) }
+}
+
+/// Deliver each line to `cb`, NUL-terminated, through a reused buffer.
+fn line_sink(cb: bd_line_cb, userdata: *mut c_void) -> impl FnMut(&[u8]) -> bool {
+    let mut scratch: Vec<u8> = Vec::new();
+    move |line: &[u8]| {
+        scratch.clear();
+        scratch.extend_from_slice(line);
+        scratch.push(0);
+        match cb {
+            // SAFETY: the caller gave a valid callback; the line outlives the call.
+            Some(f) => unsafe { f(scratch.as_ptr().cast(), line.len(), userdata) == 0 },
+            None => false,
+        }
+    }
+}
+
+/// `POST /v2/journal-logs` with `options_json` as the body (a JSON object,
+/// e.g. `{"count":10,"format":"json"}`, sent as given). Each line of the
+/// answer goes to `cb` as it arrives; `cb` returning non-zero stops the
+/// stream and closes the connection. Returns `BD_OK` when the stream ends or
+/// is stopped; `BD_ERR_TIMEOUT` when no byte arrives for the timeout (there
+/// is no overall deadline); `BD_ERR_INVALID_ARGUMENT` (NULL options or
+/// callback, options not a JSON object; nothing sent); `BD_ERR_TOO_LARGE` (a
+/// line over 1 MiB).
+///
+/// # Safety
+/// `options_json` must be NULL or a NUL-terminated string; `cb` NULL or a
+/// valid function; `userdata` is passed through untouched.
+#[no_mangle]
+pub unsafe extern "C" fn bd_journal_logs(
+    options_json: *const c_char,
+    cb: bd_line_cb,
+    userdata: *mut c_void,
+) -> c_int {
+    // SAFETY: the caller's promise.
+    let options = unsafe { arg_str(options_json, "options_json") };
+    call(|c| {
+        let options = options?;
+        if cb.is_none() {
+            return Err(Error::invalid("cb is NULL"));
+        }
+        c.journal_logs(options, &mut line_sink(cb, userdata))
+    })
+}
+
+/// `GET /v2/local/logs` (NDJSON, open until the caller stops). Each line goes
+/// to `cb` as it arrives; `cb` returning non-zero stops the stream and closes
+/// the connection. Returns `BD_OK` when stopped or ended; `BD_ERR_TIMEOUT`
+/// when no byte arrives for the timeout; `BD_ERR_INVALID_ARGUMENT` (NULL
+/// callback; nothing sent); `BD_ERR_TOO_LARGE` (a line over 1 MiB).
+///
+/// # Safety
+/// `cb` must be NULL or a valid function; `userdata` is passed through.
+#[no_mangle]
+pub unsafe extern "C" fn bd_local_logs(cb: bd_line_cb, userdata: *mut c_void) -> c_int {
+    call(|c| {
+        if cb.is_none() {
+            return Err(Error::invalid("cb is NULL"));
+        }
+        c.local_logs(&mut line_sink(cb, userdata))
+    })
+}
+
+/// `GET /v1/device` into `*out` (written only on success). Strings are
+/// truncated to their field and NUL-terminated, `""` when absent or null;
+/// `download_progress` -1 and `api_port` 0 and booleans false when absent or
+/// null. Returns `BD_OK`; `BD_ERR_INVALID_ARGUMENT` (`out` NULL; nothing
+/// sent), `BD_ERR_INVALID_RESPONSE` (not an object, a field of the wrong type).
+///
+/// # Safety
+/// `out` must be NULL or point to a writable `bd_device_state`.
+#[no_mangle]
+pub unsafe extern "C" fn bd_state(out: *mut bd_device_state) -> c_int {
+    boundary(|| {
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let s = global::client()?.device_state()?;
+        let mut v = bd_device_state {
+            status: [0; 32],
+            commit: [0; 72],
+            os_version: [0; 64],
+            supervisor_version: [0; 32],
+            ip_address: [0; 256],
+            mac_address: [0; 256],
+            download_progress: s.download_progress.unwrap_or(-1),
+            api_port: s.api_port.unwrap_or(0),
+            update_pending: s.update_pending.unwrap_or(false),
+            update_downloaded: s.update_downloaded.unwrap_or(false),
+            update_failed: s.update_failed.unwrap_or(false),
+        };
+        fill_field(&mut v.status, s.status.as_deref());
+        fill_field(&mut v.commit, s.commit.as_deref());
+        fill_field(&mut v.os_version, s.os_version.as_deref());
+        fill_field(&mut v.supervisor_version, s.supervisor_version.as_deref());
+        fill_field(&mut v.ip_address, s.ip_address.as_deref());
+        fill_field(&mut v.mac_address, s.mac_address.as_deref());
+        // SAFETY: non-NULL and writable by the caller's promise.
+        unsafe { out.write(v) };
+        Ok(0)
+    })
+}
+
+/// Poll `GET /ping` (every 100 ms) until it answers 200 or `timeout_ms` has
+/// passed; each ping is bounded by the time left. Returns `BD_OK` as soon as
+/// the supervisor answers; `BD_ERR_TIMEOUT` when it never did (the last
+/// error says why); `BD_ERR_INVALID_ARGUMENT` for 0; `BD_ERR_NOT_CONFIGURED`.
+#[no_mangle]
+pub extern "C" fn bd_wait_for_supervisor(timeout_ms: u32) -> c_int {
+    call(|c| {
+        if timeout_ms == 0 {
+            return Err(Error::invalid("a timeout of 0 ms is not allowed"));
+        }
+        c.wait_for_supervisor(Duration::from_millis(u64::from(timeout_ms)))
+    })
+}
+
+// ---------------------------------------------------------------- update locks
+
+/// Take the update lock: create the lock file (default
+/// `/tmp/balena/updates.lock`, parent directories as needed) with
+/// `O_CREAT|O_EXCL` and hold an exclusive `flock` on it until
+/// `bd_unlock_updates`. Sends nothing. Returns `BD_OK`; `BD_ERR_LOCKED` when
+/// the file already exists (also when this process holds it); `BD_ERR_IO`
+/// when it cannot be created.
+#[no_mangle]
+pub extern "C" fn bd_lock_updates() -> c_int {
+    boundary(|| lock::lock_updates().map(|()| 0))
+}
+
+/// Release the update lock: remove the file only if the path still names the
+/// file this process created (same device and inode), then release the
+/// `flock`. Returns `BD_OK` (also when not held); `BD_ERR_IO` when the file
+/// cannot be removed.
+#[no_mangle]
+pub extern "C" fn bd_unlock_updates() -> c_int {
+    boundary(|| lock::unlock_updates().map(|()| 0))
+}
+
+/// Whether the update lock file exists now, whoever created it: 1 yes, 0 no,
+/// `BD_ERR_IO` when it cannot be checked.
+#[no_mangle]
+pub extern "C" fn bd_updates_locked() -> c_int {
+    boundary(|| lock::updates_locked().map(flag))
+}
+
+/// Use `path` (absolute) for the update lock file; NULL restores the
+/// default `/tmp/balena/updates.lock`. Returns `BD_OK`;
+/// `BD_ERR_INVALID_ARGUMENT` (empty, relative, ending in `/`, not UTF-8);
+/// `BD_ERR_LOCKED` while this process holds the lock.
+///
+/// # Safety
+/// `path` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bd_set_update_lock_path(path: *const c_char) -> c_int {
+    boundary(|| {
+        // SAFETY: the caller's promise.
+        let path = unsafe { opt_str(path, "path") }?;
+        lock::set_lock_path(path).map(|()| 0)
+    })
+}

@@ -1,0 +1,78 @@
+//! The process-wide default client that the C API uses: created from the
+//! environment on first use, replaced by `init`, dropped by `cleanup`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+
+use once_cell::sync::Lazy;
+
+use crate::client::Client;
+use crate::config::{Config, DEFAULT_TIMEOUT_MS};
+use crate::error::{Error, Result};
+
+static DEFAULT: Lazy<RwLock<Option<Arc<Client>>>> = Lazy::new(|| RwLock::new(None));
+static TIMEOUT_MS: AtomicU32 = AtomicU32::new(DEFAULT_TIMEOUT_MS);
+
+fn install(config: Config) -> Arc<Client> {
+    let client = Arc::new(Client::new(config));
+    client
+        .set_timeout_ms(TIMEOUT_MS.load(Ordering::Relaxed))
+        .expect("the stored timeout is never 0");
+    client
+}
+
+/// The default client, created from the environment if there is none yet.
+pub fn client() -> Result<Arc<Client>> {
+    if let Some(c) = DEFAULT.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        return Ok(c.clone());
+    }
+    let mut slot = DEFAULT.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = slot.as_ref() {
+        return Ok(c.clone());
+    }
+    let client = install(Config::from_env()?);
+    *slot = Some(client.clone());
+    Ok(client)
+}
+
+/// Configure the default client; `None` takes that value from the
+/// environment. On error the previous configuration stays.
+pub fn init(address: Option<&str>, api_key: Option<&str>) -> Result<()> {
+    let config = Config::new(address, api_key)?;
+    let mut slot = DEFAULT.write().unwrap_or_else(|e| e.into_inner());
+    *slot = Some(install(config));
+    Ok(())
+}
+
+/// Re-read the environment now.
+pub fn init_from_env() -> Result<()> {
+    init(None, None)
+}
+
+/// Deadline of one whole request for the default client, now and after any
+/// later `init`, until `cleanup`.
+pub fn set_timeout_ms(ms: u32) -> Result<()> {
+    if ms == 0 {
+        return Err(Error::invalid("a timeout of 0 ms is not allowed"));
+    }
+    let slot = DEFAULT.write().unwrap_or_else(|e| e.into_inner());
+    TIMEOUT_MS.store(ms, Ordering::Relaxed);
+    if let Some(c) = slot.as_ref() {
+        c.set_timeout_ms(ms)?;
+    }
+    Ok(())
+}
+
+/// The timeout the default client uses, in milliseconds.
+pub fn timeout_ms() -> u32 {
+    TIMEOUT_MS.load(Ordering::Relaxed)
+}
+
+/// Drop the default client (its idle connections close once no call still
+/// uses it) and restore the default timeout; the next call starts from the
+/// environment again.
+pub fn cleanup() {
+    let mut slot = DEFAULT.write().unwrap_or_else(|e| e.into_inner());
+    TIMEOUT_MS.store(DEFAULT_TIMEOUT_MS, Ordering::Relaxed);
+    *slot = None;
+}
