@@ -104,11 +104,6 @@ typedef enum bd_status {
 } bd_status;
 
 /**
- * What went wrong, in the categories of the C contract's `bd_status`.
- */
-typedef struct ErrorKind ErrorKind;
-
-/**
  * Called once per line of a log stream, as it arrives: `line` is
  * NUL-terminated, without its newline, `len` bytes long, and valid only
  * during the call. Return 0 to go on, non-zero to stop the stream (the
