@@ -15,9 +15,16 @@ thread_local! {
 }
 
 fn set_last_error(message: &str) {
-    let bytes: Vec<u8> = message.bytes().filter(|&b| b != 0).collect();
-    let text = CString::new(bytes).unwrap_or_default();
-    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = text);
+    let _ = LAST_ERROR.try_with(|e| {
+        let mut e = e.borrow_mut();
+        // Clearing an already clear message (every successful call) allocates
+        // nothing.
+        if message.is_empty() && e.as_bytes().is_empty() {
+            return;
+        }
+        let bytes: Vec<u8> = message.bytes().filter(|&b| b != 0).collect();
+        *e = CString::new(bytes).unwrap_or_default();
+    });
 }
 
 /// Pointer to this thread's last error text (valid until the next call that
@@ -32,7 +39,22 @@ pub(crate) fn last_error_ptr() -> *const c_char {
 /// run `body` catching any panic, and turn its result into the C return value
 /// (`Ok(v)` → `v`; `Err(e)` → `e`'s status, with its message kept as the last
 /// error; a panic → `BD_ERR_INTERNAL`).
+///
+/// Generic only in name: the work is done once, in [`run_boundary`], so each
+/// export adds only its own body to the library, not a copy of the boundary.
 pub fn boundary(body: impl FnOnce() -> Result<c_int>) -> c_int {
+    let mut body = Some(body);
+    run_boundary(&mut || body.take().map_or_else(|| Err(ran_twice()), |f| f()))
+}
+
+/// The boundary helpers run their body exactly once; this is what a second
+/// run would return.
+fn ran_twice() -> Error {
+    Error::new(ErrorKind::Internal, "an export body ran twice")
+}
+
+#[inline(never)]
+fn run_boundary(body: &mut dyn FnMut() -> Result<c_int>) -> c_int {
     set_last_error("");
     client::reset_last_http_status();
     match catch_unwind(AssertUnwindSafe(body)) {
@@ -57,12 +79,19 @@ pub fn boundary(body: impl FnOnce() -> Result<c_int>) -> c_int {
 
 /// [`boundary`] around a call on the default client that returns nothing.
 pub fn call(body: impl FnOnce(&Client) -> Result<()>) -> c_int {
+    let mut body = Some(body);
+    run_call(&mut |c: &Client| body.take().map_or_else(|| Err(ran_twice()), |f| f(c)))
+}
+
+#[inline(never)]
+fn run_call(body: &mut dyn FnMut(&Client) -> Result<()>) -> c_int {
     boundary(|| body(&*global::client()?).map(|()| 0))
 }
 
 /// [`boundary`] around a call on the default client that produces text,
 /// written into `(buf, len)` snprintf-style. The buffer is checked before
-/// anything is sent.
+/// anything is sent; when `len > 0` it holds `""` until the text is written,
+/// so it is NUL-terminated after a failure too.
 ///
 /// # Safety
 /// `buf` must be NULL or point to `len` writable bytes.
@@ -71,8 +100,30 @@ pub unsafe fn text(
     len: usize,
     body: impl FnOnce(&Client) -> Result<String>,
 ) -> c_int {
+    let mut body = Some(body);
+    // SAFETY: forwarded.
+    unsafe {
+        run_text(buf, len, &mut |c: &Client| {
+            body.take().map_or_else(|| Err(ran_twice()), |f| f(c))
+        })
+    }
+}
+
+/// # Safety
+/// As [`text`].
+#[inline(never)]
+unsafe fn run_text(
+    buf: *mut c_char,
+    len: usize,
+    body: &mut dyn FnMut(&Client) -> Result<String>,
+) -> c_int {
     boundary(|| {
         check_out_buf(buf, len)?;
+        if len > 0 {
+            // Always NUL-terminated, also when the call fails below.
+            // SAFETY: non-NULL (checked above) with at least one writable byte.
+            unsafe { *buf = 0 };
+        }
         let text = body(&*global::client()?)?;
         // SAFETY: checked above; the caller promises `len` writable bytes.
         unsafe { write_text(buf, len, &text) }
