@@ -4,9 +4,13 @@
 
 use std::cell::Cell;
 use std::io::{ErrorKind as IoKind, Read};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::config::{Address, Config, DEFAULT_TIMEOUT_MS};
 use crate::error::{Error, ErrorKind, Result};
@@ -148,6 +152,38 @@ pub fn percent_encode(text: &str) -> String {
     out
 }
 
+/// Resolves a host given as an IP address at once, and leaves a host name to
+/// ureq's resolver. ureq resolves the host before every request, a pooled
+/// connection or not, and its resolver looks names up on a new thread
+/// whenever the request has a deadline (every request here has one): without
+/// this, every call would start and join a thread.
+#[derive(Debug)]
+struct LiteralResolver;
+
+impl Resolver for LiteralResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
+        let literal = uri.host().and_then(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .ok()
+        });
+        match (literal, uri.scheme_str()) {
+            (Some(ip), Some("http")) => {
+                let mut addrs = self.empty();
+                addrs.push(SocketAddr::new(ip, uri.port_u16().unwrap_or(80)));
+                Ok(addrs)
+            }
+            _ => DefaultResolver::default().resolve(uri, config, timeout),
+        }
+    }
+}
+
 /// A client of one supervisor. Cheap to share between threads (`Arc`).
 pub struct Client {
     address: Address,
@@ -169,7 +205,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client for `config` with the default timeout.
     pub fn new(config: Config) -> Client {
-        let agent = ureq::Agent::config_builder()
+        let http = ureq::Agent::config_builder()
             // Never the environment's proxy: the supervisor is on the device.
             .proxy(None)
             .http_status_as_error(false)
@@ -179,8 +215,8 @@ impl Client {
             .max_idle_connections_per_host(32)
             .max_idle_age(MAX_IDLE_REUSE)
             .user_agent(concat!("balena_device/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+            .build();
+        let agent = ureq::Agent::with_parts(http, DefaultConnector::default(), LiteralResolver);
         Client {
             address: config.address,
             api_key: RwLock::new(Arc::from(config.api_key.as_str())),
@@ -306,12 +342,20 @@ impl Client {
             .get("location")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = response
+        // Sized from Content-Length (within the cap) so the body is read in
+        // one go instead of through a growing buffer.
+        let expected = response.body().content_length().unwrap_or(0);
+        let mut body = Vec::with_capacity(expected.min(MAX_BODY_BYTES) as usize);
+        response
             .body_mut()
             .with_config()
             .limit(MAX_BODY_BYTES)
-            .read_to_vec()
-            .map_err(|e| self.transport_error(req, e, &key).with_http_status(status))?;
+            .reader()
+            .read_to_end(&mut body)
+            .map_err(|e| {
+                self.transport_error(req, ureq::Error::from(e), &key)
+                    .with_http_status(status)
+            })?;
         Ok(Response {
             status,
             body,
@@ -433,7 +477,7 @@ impl Client {
             500..=599 => "supervisor error".to_string(),
             _ => "unexpected HTTP status".to_string(),
         };
-        let detail = body_detail(&resp.body);
+        let detail = body_detail_without(&resp.body, &self.api_key());
         let msg = if detail.is_empty() {
             format!("{}: {} (HTTP {})", req.label(), what, resp.status)
         } else {
@@ -521,7 +565,8 @@ fn is_stale_connection(err: &ureq::Error) -> bool {
     }
 }
 
-/// Replace `key` (plain or percent-encoded) in `text` by `<api key>`.
+/// Replace `key` (plain, or percent-encoded with upper- or lower-case hex)
+/// in `text` by `<api key>`.
 pub fn scrub_key(text: &str, key: &str) -> String {
     if key.is_empty() {
         return text.to_string();
@@ -530,6 +575,21 @@ pub fn scrub_key(text: &str, key: &str) -> String {
     let encoded = percent_encode(key);
     if encoded != key {
         out = out.replace(&encoded, "<api key>");
+        // Only the hex digits after each `%` change case.
+        let mut lower = String::with_capacity(encoded.len());
+        let mut hex_left = 0;
+        for c in encoded.chars() {
+            if hex_left > 0 {
+                lower.push(c.to_ascii_lowercase());
+                hex_left -= 1;
+            } else {
+                hex_left = if c == '%' { 2 } else { 0 };
+                lower.push(c);
+            }
+        }
+        if lower != encoded {
+            out = out.replace(&lower, "<api key>");
+        }
     }
     out
 }
@@ -537,12 +597,20 @@ pub fn scrub_key(text: &str, key: &str) -> String {
 /// A short readable excerpt of an error body: the `message` (or `Error`) of a
 /// JSON body, else the text with HTML tags removed and white space folded.
 pub fn body_detail(body: &[u8]) -> String {
+    body_detail_without(body, "")
+}
+
+/// [`body_detail`] with `key` scrubbed before the excerpt is cut, so that not
+/// even a part of the key is left at the cut.
+pub fn body_detail_without(body: &[u8], key: &str) -> String {
     const MAX: usize = 300;
-    let text = String::from_utf8_lossy(body);
+    let text = scrub_key(&String::from_utf8_lossy(body), key);
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&text) {
         for field in ["message", "Error", "error"] {
             match map.get(field) {
-                Some(serde_json::Value::String(s)) if !s.is_empty() => return clip(s, MAX),
+                Some(serde_json::Value::String(s)) if !s.is_empty() => {
+                    return clip(&scrub_key(s, key), MAX)
+                }
                 _ => {}
             }
         }
