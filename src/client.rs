@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::{NextTimeout, TcpConnector};
 
 use crate::config::{Address, Config, DEFAULT_TIMEOUT_MS};
 use crate::error::{Error, ErrorKind, Result};
@@ -216,7 +216,9 @@ impl Client {
             .max_idle_age(MAX_IDLE_REUSE)
             .user_agent(concat!("balena_device/", env!("CARGO_PKG_VERSION")))
             .build();
-        let agent = ureq::Agent::with_parts(http, DefaultConnector::default(), LiteralResolver);
+        // Plain TCP only: ureq's default chain adds proxy and TLS connectors,
+        // which an http:// address with the proxy off never uses.
+        let agent = ureq::Agent::with_parts(http, TcpConnector::default(), LiteralResolver);
         Client {
             address: config.address,
             api_key: RwLock::new(Arc::from(config.api_key.as_str())),
