@@ -807,3 +807,69 @@ fn status_texts_and_last_error_are_never_null() {
     assert!(!bd_last_error().is_null());
     assert!(!bd_version().is_null());
 }
+
+#[test]
+fn bad_arguments_are_invalid_even_when_nothing_is_configured() {
+    let _g = serial();
+    let sim = fixture();
+    clear_env();
+    bd_cleanup();
+    let mut buf = filled(8);
+    let mut flag = false;
+    let fp: *mut bool = &mut flag;
+    // SAFETY: NULL pointers and NULL callbacks must be refused before any use;
+    // the buffer is valid for its length.
+    let calls: Vec<(&str, c_int)> = unsafe {
+        vec![
+            (
+                "bd_set_host_config_json(NULL)",
+                bd_set_host_config_json(ptr::null()),
+            ),
+            (
+                "bd_set_device_tags_json(NULL)",
+                bd_set_device_tags_json(ptr::null()),
+            ),
+            (
+                "bd_set_local_target_state_json(NULL)",
+                bd_set_local_target_state_json(ptr::null()),
+            ),
+            (
+                "bd_restart_service(NULL)",
+                bd_restart_service(1, ptr::null(), false),
+            ),
+            (
+                "bd_stop_service(\"\")",
+                bd_stop_service(1, c"".as_ptr(), false),
+            ),
+            (
+                "bd_start_service(CR)",
+                bd_start_service(1, c"a\rb".as_ptr(), false),
+            ),
+            (
+                "bd_container_id(NULL)",
+                bd_container_id(ptr::null(), buf.as_mut_ptr(), buf.len()),
+            ),
+            (
+                "bd_journal_logs(NULL opts)",
+                bd_journal_logs(ptr::null(), None, ptr::null_mut()),
+            ),
+            (
+                "bd_journal_logs(cb NULL)",
+                bd_journal_logs(c"{}".as_ptr(), None, ptr::null_mut()),
+            ),
+            (
+                "bd_local_logs(cb NULL)",
+                bd_local_logs(None, ptr::null_mut()),
+            ),
+            ("bd_wait_for_supervisor(0)", bd_wait_for_supervisor(0)),
+            ("bd_vpn_status(NULL)", bd_vpn_status(ptr::null_mut(), fp)),
+            ("bd_state(NULL)", bd_state(ptr::null_mut())),
+            ("bd_state_json(NULL, 4)", bd_state_json(ptr::null_mut(), 4)),
+        ]
+    };
+    for (what, rc) in calls {
+        assert_rejected(&sim, what, rc, INVALID);
+    }
+    assert_only_nul("bd_container_id(NULL)", &buf);
+    assert!(!flag);
+}

@@ -83,6 +83,16 @@ pub fn call(body: impl FnOnce(&Client) -> Result<()>) -> c_int {
     run_call(&mut |c: &Client| body.take().map_or_else(|| Err(ran_twice()), |f| f(c)))
 }
 
+/// [`call`] after the C arguments were checked: an error in `args` is
+/// returned before the client is looked up (bad input wins over "not
+/// configured"), otherwise `body` gets the client and the checked arguments.
+pub fn call_with<A>(args: Result<A>, body: impl FnOnce(&Client, A) -> Result<()>) -> c_int {
+    match args {
+        Ok(a) => call(|c| body(c, a)),
+        Err(e) => boundary(|| Err(e)),
+    }
+}
+
 #[inline(never)]
 fn run_call(body: &mut dyn FnMut(&Client) -> Result<()>) -> c_int {
     boundary(|| body(&*global::client()?).map(|()| 0))
@@ -103,9 +113,32 @@ pub unsafe fn text(
     let mut body = Some(body);
     // SAFETY: forwarded.
     unsafe {
-        run_text(buf, len, &mut |c: &Client| {
-            body.take().map_or_else(|| Err(ran_twice()), |f| f(c))
+        run_text(buf, len, &mut || match body.take() {
+            Some(f) => f(&*global::client()?),
+            None => Err(ran_twice()),
         })
+    }
+}
+
+/// [`text`] after the C arguments were checked: an error in `args` is
+/// returned before the client is looked up, as in [`call_with`].
+///
+/// # Safety
+/// As [`text`].
+pub unsafe fn text_with<A>(
+    buf: *mut c_char,
+    len: usize,
+    args: Result<A>,
+    body: impl FnOnce(&Client, A) -> Result<String>,
+) -> c_int {
+    match args {
+        // SAFETY: forwarded.
+        Ok(a) => unsafe { text(buf, len, |c| body(c, a)) },
+        Err(e) => {
+            let mut e = Some(e);
+            // SAFETY: forwarded.
+            unsafe { run_text(buf, len, &mut || Err(e.take().unwrap_or_else(ran_twice))) }
+        }
     }
 }
 
@@ -115,7 +148,7 @@ pub unsafe fn text(
 unsafe fn run_text(
     buf: *mut c_char,
     len: usize,
-    body: &mut dyn FnMut(&Client) -> Result<String>,
+    body: &mut dyn FnMut() -> Result<String>,
 ) -> c_int {
     boundary(|| {
         check_out_buf(buf, len)?;
@@ -124,7 +157,7 @@ unsafe fn run_text(
             // SAFETY: non-NULL (checked above) with at least one writable byte.
             unsafe { *buf = 0 };
         }
-        let text = body(&*global::client()?)?;
+        let text = body()?;
         // SAFETY: checked above; the caller promises `len` writable bytes.
         unsafe { write_text(buf, len, &text) }
     })

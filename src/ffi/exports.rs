@@ -11,7 +11,9 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::time::Duration;
 
-use super::boundary::{arg_service, arg_str, boundary, call, fill_field, flag, opt_str, text};
+use super::boundary::{
+    arg_service, arg_str, boundary, call, call_with, fill_field, flag, opt_str, text, text_with,
+};
 use super::{bd_device_state, bd_line_cb};
 use crate::api::{Service, ServiceAction};
 use crate::error::{Error, ErrorKind};
@@ -260,7 +262,7 @@ pub unsafe extern "C" fn bd_host_config_json(buf: *mut c_char, len: usize) -> c_
 pub unsafe extern "C" fn bd_set_host_config_json(json: *const c_char) -> c_int {
     // SAFETY: the caller's promise.
     let json = unsafe { arg_str(json, "json") };
-    call(|c| c.set_host_config_json(json?))
+    call_with(json, |c, json| c.set_host_config_json(json))
 }
 
 // ---------------------------------------------------------------- V2
@@ -324,7 +326,9 @@ pub unsafe extern "C" fn bd_restart_service(
 ) -> c_int {
     // SAFETY: the caller's promise.
     let name = unsafe { arg_service(service) };
-    call(|c| c.service_action(app_id, ServiceAction::Restart, Service::Name(name?), force))
+    call_with(name, |c, name| {
+        c.service_action(app_id, ServiceAction::Restart, Service::Name(name), force)
+    })
 }
 
 /// `POST /v2/applications/:appId/stop-service` with
@@ -340,7 +344,9 @@ pub unsafe extern "C" fn bd_stop_service(
 ) -> c_int {
     // SAFETY: the caller's promise.
     let name = unsafe { arg_service(service) };
-    call(|c| c.service_action(app_id, ServiceAction::Stop, Service::Name(name?), force))
+    call_with(name, |c, name| {
+        c.service_action(app_id, ServiceAction::Stop, Service::Name(name), force)
+    })
 }
 
 /// `POST /v2/applications/:appId/start-service` with
@@ -357,7 +363,9 @@ pub unsafe extern "C" fn bd_start_service(
 ) -> c_int {
     // SAFETY: the caller's promise.
     let name = unsafe { arg_service(service) };
-    call(|c| c.service_action(app_id, ServiceAction::Start, Service::Name(name?), force))
+    call_with(name, |c, name| {
+        c.service_action(app_id, ServiceAction::Start, Service::Name(name), force)
+    })
 }
 
 /// `POST /v2/applications/:appId/restart-service` with
@@ -444,7 +452,7 @@ pub unsafe extern "C" fn bd_container_id(
     // SAFETY: the caller's promise.
     let name = unsafe { arg_service(service) };
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.container_id(name?)) }
+    unsafe { text_with(buf, len, name, |c, name| c.container_id(name)) }
 }
 
 /// `GET /v2/containerId`. Writes the `services` JSON object text (service
@@ -495,7 +503,7 @@ pub unsafe extern "C" fn bd_device_tags_json(buf: *mut c_char, len: usize) -> c_
 pub unsafe extern "C" fn bd_set_device_tags_json(json_object: *const c_char) -> c_int {
     // SAFETY: the caller's promise.
     let json = unsafe { arg_str(json_object, "json_object") };
-    call(|c| c.set_device_tags_json(json?))
+    call_with(json, |c, json| c.set_device_tags_json(json))
 }
 
 /// `GET /v2/device/vpn`. On success writes `vpn.enabled` to `*enabled` and
@@ -551,7 +559,7 @@ pub unsafe extern "C" fn bd_local_target_state_json(buf: *mut c_char, len: usize
 pub unsafe extern "C" fn bd_set_local_target_state_json(json: *const c_char) -> c_int {
     // SAFETY: the caller's promise.
     let json = unsafe { arg_str(json, "json") };
-    call(|c| c.set_local_target_state_json(json?))
+    call_with(json, |c, json| c.set_local_target_state_json(json))
 }
 
 /// `GET /v2/local/device-info`. Writes the `info` JSON object text
@@ -602,11 +610,14 @@ pub unsafe extern "C" fn bd_journal_logs(
 ) -> c_int {
     // SAFETY: the caller's promise.
     let options = unsafe { arg_str(options_json, "options_json") };
-    call(|c| {
-        let options = options?;
-        if cb.is_none() {
-            return Err(Error::invalid("cb is NULL"));
+    let args = options.and_then(|o| {
+        if cb.is_some() {
+            Ok(o)
+        } else {
+            Err(Error::invalid("cb is NULL"))
         }
+    });
+    call_with(args, |c, options| {
         c.journal_logs(options, &mut line_sink(cb, userdata))
     })
 }
@@ -621,12 +632,12 @@ pub unsafe extern "C" fn bd_journal_logs(
 /// `cb` must be NULL or a valid function; `userdata` is passed through.
 #[no_mangle]
 pub unsafe extern "C" fn bd_local_logs(cb: bd_line_cb, userdata: *mut c_void) -> c_int {
-    call(|c| {
-        if cb.is_none() {
-            return Err(Error::invalid("cb is NULL"));
-        }
-        c.local_logs(&mut line_sink(cb, userdata))
-    })
+    let args = if cb.is_some() {
+        Ok(())
+    } else {
+        Err(Error::invalid("cb is NULL"))
+    };
+    call_with(args, |c, ()| c.local_logs(&mut line_sink(cb, userdata)))
 }
 
 /// `GET /v1/device` into `*out` (written only on success). Strings are
@@ -675,12 +686,11 @@ pub unsafe extern "C" fn bd_state(out: *mut bd_device_state) -> c_int {
 /// error says why); `BD_ERR_INVALID_ARGUMENT` for 0; `BD_ERR_NOT_CONFIGURED`.
 #[no_mangle]
 pub extern "C" fn bd_wait_for_supervisor(timeout_ms: u32) -> c_int {
-    call(|c| {
-        if timeout_ms == 0 {
-            return Err(Error::invalid("a timeout of 0 ms is not allowed"));
-        }
-        c.wait_for_supervisor(Duration::from_millis(u64::from(timeout_ms)))
-    })
+    let args = match timeout_ms {
+        0 => Err(Error::invalid("a timeout of 0 ms is not allowed")),
+        ms => Ok(Duration::from_millis(u64::from(ms))),
+    };
+    call_with(args, |c, timeout| c.wait_for_supervisor(timeout))
 }
 
 // ---------------------------------------------------------------- update locks
