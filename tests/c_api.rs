@@ -20,6 +20,9 @@
 //! missing compiler fails the test.
 
 mod sim;
+mod support;
+
+use support::{built_cdylib, manifest_dir};
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
@@ -34,42 +37,6 @@ const STRICT_CXX17: &[&str] = &["-std=c++17", "-Wall", "-Wextra", "-Werror", "-p
 /// Time between two log-stream lines of the simulator the C suite runs
 /// against, at time scale 1 (test_api.c needs at least 1000 ms).
 const SUITE_LOG_INTERVAL_MS: u64 = 1500;
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `target/<profile>`: this test executable lives in `target/<profile>/deps`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("cannot find the test executable's path");
-    exe.parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("unexpected test executable path {}", exe.display()))
-        .to_path_buf()
-}
-
-/// The cdylib built together with this test executable. `cargo test` builds
-/// the library's crate types (cdylib, staticlib, rlib) in one rustc run into
-/// `target/<profile>/deps` and does not copy the cdylib up to
-/// `target/<profile>` (only `cargo build` does), so the copy up there may be
-/// stale: the one in `deps` is the one matching the current sources.
-fn built_cdylib() -> PathBuf {
-    let profile = profile_dir();
-    let candidates = [
-        profile.join("deps/libbalena_device.so"),
-        profile.join("libbalena_device.so"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "libbalena_device.so not found ({candidates:?}): it is built by `cargo test` \
-                 and `cargo build` (crate-type \"cdylib\" in Cargo.toml)"
-            )
-        })
-}
 
 /// A private copy of the cdylib in `work/lib`, so that a concurrent rebuild
 /// cannot swap the library under a running program; returns that directory.

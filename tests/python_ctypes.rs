@@ -7,8 +7,8 @@
 //! process never calls the library itself, so the tests need no lock.
 
 mod sim;
+mod support;
 
-use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -75,31 +75,6 @@ fn python3() -> PathBuf {
     python
 }
 
-/// The shared library cargo built next to this test binary:
-/// target/<profile>/deps/python_ctypes-HASH → target/<profile>/libbalena_device.so.
-fn shared_library() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("test binary has a directory");
-    let profile_dir = if deps.file_name() == Some(OsStr::new("deps")) {
-        deps.parent().expect("deps has a parent")
-    } else {
-        deps
-    };
-    let name = format!(
-        "{}balena_device{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    let lib = profile_dir.join(&name);
-    assert!(
-        lib.is_file(),
-        "{} not found next to the test binary {}: build the cdylib first (cargo build)",
-        lib.display(),
-        exe.display()
-    );
-    lib
-}
-
 /// A Python command in the crate directory whose environment points at `sim`
 /// and the built library, with proxies and outer supervisor settings removed.
 fn python_command(sim: &sim::Sim, args: &[&str]) -> Command {
@@ -108,7 +83,7 @@ fn python_command(sim: &sim::Sim, args: &[&str]) -> Command {
     for var in PROXY_VARS.iter().chain(SUPERVISOR_VARS) {
         cmd.env_remove(var);
     }
-    cmd.env("BD_LIB", shared_library())
+    cmd.env("BD_LIB", support::built_cdylib())
         .env("BD_HEADER", manifest_dir().join("include/balena_device.h"))
         .env("BALENA_SUPERVISOR_ADDRESS", sim.address())
         .env("BALENA_SUPERVISOR_API_KEY", sim.api_key())
