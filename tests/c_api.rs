@@ -677,37 +677,57 @@ fn examples_compile_and_run_against_simulator() {
         ("GET", "/v2/local/logs")
     );
 
-    // critical_section: lock held, a plain reboot refused (the simulator is
-    // told the supervisor sees the lock), lock released.
+    // critical_section: while the lock is held the program refuses to ask for
+    // a reboot (nothing reaches the simulator); after the release, --reboot
+    // asks for one without force.
     let lock_dir = dir.join("lock");
     let lock_path = lock_dir.join("updates.lock");
-    sim.reset();
-    sim.with_state(|s| s.locked = true);
     let lock_arg = lock_path.to_string_lossy().into_owned();
-    let f = run(
-        program(&critical_section, &["--lock-path", &lock_arg]),
-        limit,
-    );
-    assert_eq!(f.status.code(), Some(0), "critical_section: {}", f.stderr);
-    for want in [
-        "update lock taken",
-        "bd_updates_locked() = 1",
-        "reboot without force refused",
-        "update lock released",
-        "bd_updates_locked() = 0",
-    ] {
+    for reboot in [false, true] {
+        sim.reset();
+        let mut args = vec!["--lock-path", lock_arg.as_str()];
+        if reboot {
+            args.push("--reboot");
+        }
+        let f = run(program(&critical_section, &args), limit);
+        assert_eq!(f.status.code(), Some(0), "critical_section: {}", f.stderr);
+        for want in [
+            "update lock taken",
+            "bd_updates_locked() = 1",
+            "refusing to reboot: the update lock is held",
+            "update lock released",
+            "bd_updates_locked() = 0",
+        ] {
+            assert!(
+                f.stdout.contains(want),
+                "critical_section lacks `{want}`:\n{}",
+                f.stdout
+            );
+        }
         assert!(
-            f.stdout.contains(want),
-            "critical_section lacks `{want}`:\n{}",
-            f.stdout
+            !lock_path.exists(),
+            "critical_section left {}",
+            lock_path.display()
         );
+        let reboots: Vec<_> = sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/v1/reboot")
+            .collect();
+        if reboot {
+            assert!(
+                f.stdout.contains("reboot requested (HTTP 202)"),
+                "{}",
+                f.stdout
+            );
+            assert_eq!(reboots.len(), 1, "one reboot request after the release");
+            assert_eq!(reboots[0].body_text(), r#"{"force":false}"#);
+            assert_eq!(sim.state().actions, vec!["reboot".to_string()]);
+        } else {
+            assert!(reboots.is_empty(), "a reboot was requested: {reboots:?}");
+            assert!(sim.state().actions.is_empty(), "{:?}", sim.state().actions);
+        }
     }
-    assert!(
-        !lock_path.exists(),
-        "critical_section left {}",
-        lock_path.display()
-    );
-    assert!(sim.state().actions.is_empty(), "{:?}", sim.state().actions);
 
     // The C++ wrapper: the same values, the RAII lock, an exception on error.
     sim.reset();

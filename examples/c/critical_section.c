@@ -1,13 +1,13 @@
 /*
  * critical_section: hold the balenaOS update lock around work that must not
- * be interrupted by an update or a reboot, and show what a reboot request
- * without force gets while the lock is held.
+ * be interrupted by an update or a reboot. While the lock is held this
+ * program refuses to ask for a reboot itself; with --reboot it asks for one
+ * (without force) once the work is done and the lock released.
  *
  * The lock is the file /tmp/balena/updates.lock inside the container,
  * created with O_CREAT|O_EXCL and flock()ed: the supervisor sees it (through
  * its bind mount of the container's /tmp/balena) and answers 423 to actions
- * without force. Note: on a device where the supervisor does not see the
- * file, the reboot request below is accepted and the device reboots.
+ * without force.
  *
  * Build (from the repository root, after `cargo build`):
  *
@@ -17,7 +17,8 @@
  * Run (inside a balenaOS container with the io.balena.features.supervisor-api
  * label):
  *
- *   ./target/critical_section
+ *   ./target/critical_section              # lock, work, unlock
+ *   ./target/critical_section --reboot     # ... then ask for a reboot
  *
  * Against the supervisor simulator: start it in another terminal with
  * `cargo run --example simulator` (127.0.0.1:48484), then
@@ -25,11 +26,11 @@
  *   export BALENA_SUPERVISOR_ADDRESS=http://127.0.0.1:48484
  *   export BALENA_SUPERVISOR_API_KEY=sim-key-0123456789abcdef
  *   export BALENA_APP_ID=1234
- *   curl -d '{"locked":true}' http://127.0.0.1:48484/_sim/state
- *   ./target/critical_section --lock-path /tmp/bd-example/updates.lock
+ *   ./target/critical_section --lock-path /tmp/bd-example/updates.lock --reboot
  *
- * (The simulator does not look at lock files: its own "locked" flag, set by
- * the curl line, stands for "the supervisor sees a lock".)
+ * (The simulator does not look at lock files: its own "locked" flag, set with
+ * `curl -d '{"locked":true}' http://127.0.0.1:48484/_sim/state`, stands for
+ * "the supervisor sees another lock", and the reboot is then refused with 423.)
  *
  * Exit status: 0 done, 1 an error, 2 usage, 3 someone else holds the lock.
  */
@@ -41,6 +42,30 @@
 #include <time.h>
 
 #include "balena_device.h"
+
+/* Ask the supervisor for a reboot, unless an update lock file exists: a
+ * reboot in the middle of a critical section is what the lock is for. */
+static int request_reboot(void)
+{
+    int rc = bd_updates_locked();
+    if (rc == 1) {
+        printf("refusing to reboot: the update lock is held (critical section in progress)\n");
+        return BD_ERR_LOCKED;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "cannot check the update lock: %s\n", bd_last_error());
+        return rc;
+    }
+    rc = bd_reboot(false);
+    if (rc == BD_OK)
+        printf("reboot requested (HTTP %d)\n", bd_last_http_status());
+    else if (rc == BD_ERR_LOCKED)
+        printf("reboot refused by the supervisor: another update lock is held (HTTP %d)\n",
+               bd_last_http_status());
+    else
+        fprintf(stderr, "reboot request failed: %s\n  %s\n", bd_strerror(rc), bd_last_error());
+    return rc;
+}
 
 static void do_some_work(void)
 {
@@ -56,17 +81,23 @@ static void do_some_work(void)
 int main(int argc, char **argv)
 {
     int rc;
-    int status = 0;
+    int i;
+    int reboot = 0;
 
-    if (argc == 3 && strcmp(argv[1], "--lock-path") == 0) {
-        rc = bd_set_update_lock_path(argv[2]);
-        if (rc != BD_OK) {
-            fprintf(stderr, "bad lock path: %s\n", bd_last_error());
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--lock-path") == 0 && i + 1 < argc) {
+            rc = bd_set_update_lock_path(argv[++i]);
+            if (rc != BD_OK) {
+                fprintf(stderr, "bad lock path: %s\n", bd_last_error());
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--reboot") == 0) {
+            reboot = 1;
+        } else {
+            fprintf(stderr, "usage: %s [--lock-path /absolute/path/updates.lock] [--reboot]\n",
+                    argv[0]);
             return 2;
         }
-    } else if (argc != 1) {
-        fprintf(stderr, "usage: %s [--lock-path /absolute/path/updates.lock]\n", argv[0]);
-        return 2;
     }
 
     rc = bd_lock_updates();
@@ -83,21 +114,9 @@ int main(int argc, char **argv)
     printf("bd_updates_locked() = %d\n", bd_updates_locked());
 
     do_some_work();
-
-    /* What the supervisor says to a reboot without force while we hold the
-     * lock: 423 when it sees the lock file. */
-    rc = bd_reboot(false);
-    if (rc == BD_ERR_LOCKED) {
-        printf("reboot without force refused while the lock is held (HTTP %d):\n  %s\n",
-               bd_last_http_status(), bd_last_error());
-    } else if (rc == BD_OK) {
-        printf("reboot without force accepted (HTTP %d): the supervisor does not see this "
-               "lock file\n",
-               bd_last_http_status());
-    } else {
-        fprintf(stderr, "reboot request failed: %s\n  %s\n", bd_strerror(rc), bd_last_error());
-        status = 1;
-    }
+    /* Something asks for a reboot mid-way: refused while the lock is held. */
+    request_reboot();
+    do_some_work();
 
     rc = bd_unlock_updates();
     if (rc != BD_OK) {
@@ -106,5 +125,11 @@ int main(int argc, char **argv)
     }
     printf("update lock released\n");
     printf("bd_updates_locked() = %d\n", bd_updates_locked());
-    return status;
+
+    if (reboot) {
+        rc = request_reboot();
+        if (rc != BD_OK && rc != BD_ERR_LOCKED)
+            return 1;
+    }
+    return 0;
 }
