@@ -6,73 +6,24 @@
 //! supervisor simulator, and that text buffers are NUL-terminated.
 
 mod sim;
+mod support;
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr;
-use std::sync::{Mutex, MutexGuard};
 
 use balena_device::ffi::*;
 use sim::Sim;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-const OK: c_int = bd_status::BD_OK as c_int;
-const INVALID: c_int = bd_status::BD_ERR_INVALID_ARGUMENT as c_int;
-const NOT_CONFIGURED: c_int = bd_status::BD_ERR_NOT_CONFIGURED as c_int;
+use support::{clear_env, cstr, last_error, serial, setup, INVALID, NOT_CONFIGURED, OK};
 
 /// Pre-fill byte of output buffers: anything the library did not write.
 const FILL: c_char = 0x7f;
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn last_error() -> String {
-    // SAFETY: never NULL, valid until the next bd_ call on this thread.
-    unsafe { CStr::from_ptr(bd_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn cstr(bytes: &[u8]) -> CString {
-    CString::new(bytes).expect("no NUL inside")
-}
-
-const CONFIG_VARS: [&str; 10] = [
-    "BALENA_SUPERVISOR_ADDRESS",
-    "RESIN_SUPERVISOR_ADDRESS",
-    "BALENA_SUPERVISOR_HOST",
-    "BALENA_SUPERVISOR_PORT",
-    "RESIN_SUPERVISOR_HOST",
-    "RESIN_SUPERVISOR_PORT",
-    "BALENA_SUPERVISOR_API_KEY",
-    "RESIN_SUPERVISOR_API_KEY",
-    "BALENA_APP_ID",
-    "RESIN_APP_ID",
-];
-
-fn clear_env() {
-    for v in CONFIG_VARS {
-        std::env::remove_var(v);
-    }
-}
 
 /// A simulator with the default client pointed at it, no app id in the
 /// environment, and an empty recording.
 fn fixture() -> Sim {
     clear_env();
     let sim = Sim::start();
-    bd_cleanup();
-    let a = CString::new(sim.address()).unwrap();
-    let k = CString::new(sim.api_key()).unwrap();
-    // SAFETY: valid strings.
-    assert_eq!(
-        unsafe { bd_init(a.as_ptr(), k.as_ptr()) },
-        OK,
-        "{}",
-        last_error()
-    );
-    assert_eq!(bd_set_timeout_ms(5000), OK);
+    setup(&sim.address(), &sim.api_key(), 5000);
     sim.clear_requests();
     sim
 }

@@ -22,14 +22,12 @@
 mod sim;
 mod support;
 
-use support::{built_cdylib, manifest_dir};
+use support::{built_cdylib, manifest_dir, run, Finished};
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const STRICT_C: &[&str] = &["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"];
 const STRICT_CXX11: &[&str] = &["-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic"];
@@ -150,64 +148,6 @@ fn sim_env(cmd: &mut Command, sim: &sim::Sim) {
     cmd.env("BALENA_SUPERVISOR_ADDRESS", sim.address())
         .env("BALENA_SUPERVISOR_API_KEY", sim.api_key())
         .env("BALENA_APP_ID", sim.app_id().to_string());
-}
-
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-fn pump(src: impl Read + Send + 'static, tag: &'static str) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut reader = BufReader::new(src);
-        let mut all = String::new();
-        let mut raw = Vec::new();
-        loop {
-            raw.clear();
-            match reader.read_until(b'\n', &mut raw) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let line = String::from_utf8_lossy(&raw);
-            let line = line.trim_end_matches(['\n', '\r']);
-            println!("[{tag}] {line}");
-            all.push_str(line);
-            all.push('\n');
-        }
-        all
-    })
-}
-
-/// Run `cmd`, echoing its output line by line as it comes; killed and failed
-/// after `limit`.
-fn run(mut cmd: Command, limit: Duration) -> Finished {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    println!("$ {cmd:?}");
-    let mut child: Child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let out = pump(child.stdout.take().expect("stdout"), "out");
-    let err = pump(child.stderr.take().expect("stderr"), "err");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for the program") {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} still running after {limit:?}: killed");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Finished {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
 }
 
 /// Assert the suite's summary line says `N passed, 0 failed` with N > 0.

@@ -3,66 +3,42 @@
 //! thread it belongs to.
 
 mod sim;
+mod support;
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, CString};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use balena_device::ffi::*;
 use sim::Sim;
+use support::{clear_env, last_error, serial, setup, INVALID, NOT_CONFIGURED, OK, SERVER};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-const OK: c_int = bd_status::BD_OK as c_int;
-const NOT_CONFIGURED: c_int = bd_status::BD_ERR_NOT_CONFIGURED as c_int;
-const INVALID: c_int = bd_status::BD_ERR_INVALID_ARGUMENT as c_int;
-const SERVER: c_int = bd_status::BD_ERR_SERVER as c_int;
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn last_error() -> String {
-    // SAFETY: never NULL, valid until the next bd_ call on this thread.
-    unsafe { CStr::from_ptr(bd_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn clear_env() {
-    for v in [
-        "BALENA_SUPERVISOR_ADDRESS",
-        "RESIN_SUPERVISOR_ADDRESS",
-        "BALENA_SUPERVISOR_HOST",
-        "BALENA_SUPERVISOR_PORT",
-        "RESIN_SUPERVISOR_HOST",
-        "RESIN_SUPERVISOR_PORT",
-        "BALENA_SUPERVISOR_API_KEY",
-        "RESIN_SUPERVISOR_API_KEY",
-    ] {
-        std::env::remove_var(v);
-    }
-}
-
-fn init(sim: &Sim) {
-    bd_cleanup();
-    let a = CString::new(sim.address()).unwrap();
-    let k = CString::new(sim.api_key()).unwrap();
-    // SAFETY: valid strings.
-    assert_eq!(
-        unsafe { bd_init(a.as_ptr(), k.as_ptr()) },
-        OK,
-        "{}",
-        last_error()
-    );
-    assert_eq!(bd_set_timeout_ms(10_000), OK);
+/// A fresh default client for `sim`, with a 10 s timeout.
+fn connect(sim: &Sim) {
+    setup(&sim.address(), &sim.api_key(), 10_000);
 }
 
 fn state_json(buf: &mut [c_char]) -> c_int {
     // SAFETY: the buffer is valid for its length.
     unsafe { bd_state_json(buf.as_mut_ptr(), buf.len()) }
+}
+
+/// Joins the workers, each of which returns the problems it saw, and asserts
+/// there were none (the message counts them as `what` and shows the first).
+#[track_caller]
+fn assert_workers_clean(workers: Vec<thread::JoinHandle<Vec<String>>>, what: &str) {
+    let problems: Vec<String> = workers
+        .into_iter()
+        .flat_map(|h| h.join().expect("a worker panicked"))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "{} {what}, first: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
 }
 
 /// Whether `rc` is a status the contract documents (success values are >= 0).
@@ -76,7 +52,7 @@ fn eight_threads_ten_thousand_calls_each_without_a_failure() {
     const THREADS: usize = 8;
     const CALLS: usize = 10_000;
     let sim = Sim::start();
-    init(&sim);
+    connect(&sim);
     let expected = {
         let mut buf = vec![0 as c_char; 4096];
         let n = state_json(&mut buf);
@@ -121,16 +97,7 @@ fn eight_threads_ten_thousand_calls_each_without_a_failure() {
             })
         })
         .collect();
-    let failures: Vec<String> = handles
-        .into_iter()
-        .flat_map(|h| h.join().expect("a worker panicked"))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert_workers_clean(handles, "failures");
 
     // Each call was exactly one request, and connections were reused.
     let reqs = sim.requests();
@@ -151,7 +118,7 @@ fn init_and_cleanup_racing_with_calls_return_documented_statuses() {
     let _g = serial();
     clear_env();
     let sim = Sim::start();
-    init(&sim);
+    connect(&sim);
     let stop = Arc::new(AtomicBool::new(false));
     let succeeded = Arc::new(AtomicUsize::new(0));
     let unconfigured = Arc::new(AtomicUsize::new(0));
@@ -219,23 +186,14 @@ fn init_and_cleanup_racing_with_calls_return_documented_statuses() {
         bd_cleanup();
     }
     stop.store(true, Ordering::Relaxed);
-    let bad: Vec<String> = workers
-        .into_iter()
-        .flat_map(|h| h.join().expect("a worker panicked"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{} bad returns, first: {:?}",
-        bad.len(),
-        &bad[..bad.len().min(5)]
-    );
+    assert_workers_clean(workers, "bad returns");
     // Both outcomes really happened: the race was exercised.
     assert!(succeeded.load(Ordering::Relaxed) > 0);
     assert!(unconfigured.load(Ordering::Relaxed) > 0);
     assert!(rounds > 10);
 
     // And the library works normally afterwards.
-    init(&sim);
+    connect(&sim);
     assert_eq!(bd_ping(), OK, "{}", last_error());
     bd_cleanup();
 }
@@ -244,7 +202,7 @@ fn init_and_cleanup_racing_with_calls_return_documented_statuses() {
 fn last_error_of_one_thread_never_shows_in_another() {
     let _g = serial();
     let sim = Sim::start();
-    init(&sim);
+    connect(&sim);
     const ROUNDS: usize = 400;
     let start = Arc::new(Barrier::new(3));
 

@@ -7,58 +7,25 @@
 
 mod fault_server;
 mod sim;
+mod support;
 
-use std::ffi::{c_char, c_int, CStr, CString};
-use std::sync::{Mutex, MutexGuard};
+use std::ffi::{c_char, c_int, CString};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use balena_device::ffi::*;
-use fault_server::{
-    closed_port, memory_kib, reset_peak_rss, response, Conn, FaultServer, RawRequest,
-};
+use fault_server::{memory_kib, reset_peak_rss, response, Conn, FaultServer, RawRequest};
 use sim::{Sim, SimConfig};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use support::{
+    closed_port, last_error, serial, setup, CONNECT, HTTP, INVALID_RESPONSE, IO, OK, SERVER,
+    TIMEOUT, TOO_LARGE, UNAUTHORIZED,
+};
 
 const KEY: &str = "faultkey0123456789abcdef01234567";
 /// Slack allowed past a deadline (scheduling on a loaded 2-core machine).
 const MARGIN: Duration = Duration::from_millis(600);
 
-const OK: c_int = bd_status::BD_OK as c_int;
-const CONNECT: c_int = bd_status::BD_ERR_CONNECT as c_int;
-const TIMEOUT: c_int = bd_status::BD_ERR_TIMEOUT as c_int;
-const IO: c_int = bd_status::BD_ERR_IO as c_int;
-const UNAUTHORIZED: c_int = bd_status::BD_ERR_UNAUTHORIZED as c_int;
-const SERVER: c_int = bd_status::BD_ERR_SERVER as c_int;
-const HTTP: c_int = bd_status::BD_ERR_HTTP as c_int;
-const INVALID_RESPONSE: c_int = bd_status::BD_ERR_INVALID_RESPONSE as c_int;
-const TOO_LARGE: c_int = bd_status::BD_ERR_TOO_LARGE as c_int;
-
 const DEVICE_JSON: &str = r#"{"api_port":48484,"ip_address":"10.0.0.2","os_version":"balenaOS 6.0.13","mac_address":"02:42:AC:11:00:02","supervisor_version":"19.0.5","update_pending":false,"update_failed":false,"update_downloaded":false,"commit":"7fc9c5bea8e361acd49886fe6cc1e1cd","status":"Idle","download_progress":null}"#;
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn last_error() -> String {
-    // SAFETY: bd_last_error never returns NULL and the text lives until the
-    // next bd_ call on this thread.
-    unsafe { CStr::from_ptr(bd_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// A fresh default client for `address` with `key` and a deadline of `timeout_ms`.
-fn setup(address: &str, key: &str, timeout_ms: u32) {
-    bd_cleanup();
-    let a = CString::new(address).unwrap();
-    let k = CString::new(key).unwrap();
-    // SAFETY: valid NUL-terminated strings.
-    let rc = unsafe { bd_init(a.as_ptr(), k.as_ptr()) };
-    assert_eq!(rc, OK, "bd_init: {}", last_error());
-    assert_eq!(bd_set_timeout_ms(timeout_ms), OK);
-}
 
 /// Run `f`, returning its value and how long it took.
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
@@ -67,6 +34,7 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (v, start.elapsed())
 }
 
+#[track_caller]
 fn assert_within(elapsed: Duration, deadline_ms: u64, what: &str) {
     let limit = Duration::from_millis(deadline_ms) + MARGIN;
     assert!(
@@ -91,6 +59,19 @@ fn text_call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> (c_int, String) {
 fn state_json() -> (c_int, String) {
     // SAFETY: the buffer is valid for its length.
     text_call(|b, l| unsafe { bd_state_json(b, l) })
+}
+
+/// `bd_state_json` fails with `want` within `deadline_ms` (+ [`MARGIN`]),
+/// writes no text, and leaves `http` as the last HTTP status; returns how
+/// long it took. `what` names the case in messages.
+#[track_caller]
+fn state_json_fails(want: c_int, http: c_int, deadline_ms: u64, what: &str) -> Duration {
+    let ((rc, text), took) = timed(state_json);
+    assert_eq!(rc, want, "{what}: {}", last_error());
+    assert_eq!(text, "", "{what}");
+    assert_within(took, deadline_ms, what);
+    assert_eq!(bd_last_http_status(), http, "{what}");
+    took
 }
 
 /// Assert the request is `method path` carrying the key as `apikey`.
@@ -119,11 +100,7 @@ fn connection_refused_is_connect() {
     let port = closed_port();
     setup(&format!("http://127.0.0.1:{port}"), KEY, 1500);
 
-    let ((rc, text), took) = timed(state_json);
-    assert_eq!(rc, CONNECT, "{}", last_error());
-    assert_eq!(text, "");
-    assert_within(took, 1500, "GET on a refused connection");
-    assert_eq!(bd_last_http_status(), 0);
+    state_json_fails(CONNECT, 0, 1500, "GET on a refused connection");
     let msg = last_error();
     assert!(msg.contains("GET /v1/device"), "{msg}");
     assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
@@ -145,15 +122,11 @@ fn accepted_but_never_answered_is_timeout() {
     });
     setup(&srv.address(), KEY, 1000);
 
-    let ((rc, text), took) = timed(state_json);
-    assert_eq!(rc, TIMEOUT, "{}", last_error());
-    assert_eq!(text, "");
+    let took = state_json_fails(TIMEOUT, 0, 1000, "GET with no answer");
     assert!(
         took >= Duration::from_millis(950),
         "gave up early: {took:?}"
     );
-    assert_within(took, 1000, "GET with no answer");
-    assert_eq!(bd_last_http_status(), 0);
     assert!(last_error().contains("1000 ms"), "{}", last_error());
 
     let (rc, took) = timed(|| bd_reboot(true));
@@ -192,15 +165,11 @@ fn body_trickled_past_deadline_is_timeout() {
     });
     setup(&srv.address(), KEY, 2000);
 
-    let ((rc, text), took) = timed(state_json);
-    assert_eq!(rc, TIMEOUT, "{}", last_error());
-    assert_eq!(text, "");
+    let took = state_json_fails(TIMEOUT, 200, 2000, "trickled body");
     assert!(
         took >= Duration::from_millis(1950),
         "gave up early: {took:?}"
     );
-    assert_within(took, 2000, "trickled body");
-    assert_eq!(bd_last_http_status(), 200);
 
     settle();
     let reqs = srv.requests();
@@ -433,11 +402,7 @@ fn garbage_instead_of_json_is_invalid_response() {
             response(200, &[("Content-Type", "application/json")], body)
         });
         setup(&srv.address(), KEY, 2000);
-        let ((rc, text), took) = timed(state_json);
-        assert_eq!(rc, INVALID_RESPONSE, "{body:?}: {}", last_error());
-        assert_eq!(text, "");
-        assert_within(took, 2000, "garbage");
-        assert_eq!(bd_last_http_status(), 200);
+        state_json_fails(INVALID_RESPONSE, 200, 2000, &format!("garbage {body:?}"));
         assert!(last_error().contains("GET /v1/device"), "{}", last_error());
         settle();
         assert_eq!(srv.request_count(), 1);
@@ -746,11 +711,7 @@ fn redirect_to_another_host_is_not_followed() {
     });
     setup(&srv.address(), KEY, 2000);
 
-    let ((rc, text), took) = timed(state_json);
-    assert_eq!(rc, HTTP, "{}", last_error());
-    assert_eq!(text, "");
-    assert_within(took, 2000, "redirect");
-    assert_eq!(bd_last_http_status(), 302);
+    state_json_fails(HTTP, 302, 2000, "redirect");
     let msg = last_error();
     assert!(msg.contains("redirect not followed"), "{msg}");
     assert!(msg.contains("HTTP 302"), "{msg}");

@@ -3,48 +3,25 @@
 //! the process (and the library) carry on.
 
 mod sim;
+mod support;
 
-use std::ffi::{c_char, c_int, CStr, CString};
-use std::sync::{Mutex, MutexGuard};
+use std::ffi::{c_char, CStr};
 
 use balena_device::ffi::boundary::boundary;
 use balena_device::ffi::*;
 use sim::Sim;
+use support::{fresh_client, last_error, serial, INTERNAL, OK};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-const OK: c_int = bd_status::BD_OK as c_int;
-const INTERNAL: c_int = bd_status::BD_ERR_INTERNAL as c_int;
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn last_error() -> String {
-    // SAFETY: never NULL, valid until the next bd_ call on this thread.
-    unsafe { CStr::from_ptr(bd_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn init(sim: &Sim) {
-    bd_cleanup();
-    let a = CString::new(sim.address()).unwrap();
-    let k = CString::new(sim.api_key()).unwrap();
-    // SAFETY: valid strings.
-    assert_eq!(
-        unsafe { bd_init(a.as_ptr(), k.as_ptr()) },
-        OK,
-        "{}",
-        last_error()
-    );
+/// A fresh default client for `sim` (the library's default timeout).
+fn connect(sim: &Sim) {
+    fresh_client(&sim.address(), &sim.api_key());
 }
 
 #[test]
 fn a_panic_becomes_internal_and_the_process_lives_on() {
     let _g = serial();
     let sim = Sim::start();
-    init(&sim);
+    connect(&sim);
 
     // A successful call first, so there is a status to be cleared.
     assert_eq!(bd_ping(), OK, "{}", last_error());
@@ -86,7 +63,7 @@ fn a_panic_becomes_internal_and_the_process_lives_on() {
 fn a_panic_while_holding_the_client_leaves_it_usable() {
     let _g = serial();
     let sim = Sim::start();
-    init(&sim);
+    connect(&sim);
     // Panic in the middle of work that holds the default client.
     let rc = boundary(|| {
         let _client = balena_device::ffi::boundary::client()?;

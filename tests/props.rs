@@ -4,9 +4,10 @@
 //! text and any buffer length.
 
 mod fault_server;
+mod support;
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use balena_device::ffi::boundary::{fill_field, write_text};
@@ -15,31 +16,14 @@ use balena_device::ErrorKind;
 use fault_server::{Conn, FaultServer};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use support::{
+    last_error, serial, setup, BAD_REQUEST, LOCKED, NOT_FOUND, OK, SERVER, UNAUTHORIZED,
+};
 
 const KEY: &str = "propkey0123456789abcdef012345678";
 const TIMEOUT_MS: u32 = 1000;
 /// Answers tried per run (each is one call over a fresh connection).
 const CASES: u32 = 128;
-
-const OK: c_int = bd_status::BD_OK as c_int;
-const UNAUTHORIZED: c_int = bd_status::BD_ERR_UNAUTHORIZED as c_int;
-const LOCKED: c_int = bd_status::BD_ERR_LOCKED as c_int;
-const BAD_REQUEST: c_int = bd_status::BD_ERR_BAD_REQUEST as c_int;
-const NOT_FOUND: c_int = bd_status::BD_ERR_NOT_FOUND as c_int;
-const SERVER: c_int = bd_status::BD_ERR_SERVER as c_int;
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn last_error() -> String {
-    // SAFETY: never NULL, valid until the next bd_ call on this thread.
-    unsafe { CStr::from_ptr(bd_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
 
 fn config(cases: u32) -> Config {
     Config {
@@ -395,12 +379,7 @@ fn any_answer_gives_a_documented_status_and_never_panics() {
             c.write(&bytes);
         }
     });
-    bd_cleanup();
-    let a = CString::new(srv.address()).unwrap();
-    let k = CString::new(KEY).unwrap();
-    // SAFETY: valid strings.
-    assert_eq!(unsafe { bd_init(a.as_ptr(), k.as_ptr()) }, OK);
-    assert_eq!(bd_set_timeout_ms(TIMEOUT_MS), OK);
+    setup(&srv.address(), KEY, TIMEOUT_MS);
 
     let mut runner = TestRunner::new(config(CASES));
     let result = runner.run(&(answer(), 0..EXPORTS), |(ans, which)| {

@@ -9,11 +9,11 @@
 mod sim;
 mod support;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use support::{built_cdylib, manifest_dir, run, Finished, CONFIG_VARS};
 
 /// Longest a Python run may take before it is killed and the test fails.
 const PYTHON_TIMEOUT: Duration = Duration::from_secs(180);
@@ -29,25 +29,6 @@ const PROXY_VARS: &[&str] = &[
     "NO_PROXY",
     "no_proxy",
 ];
-
-/// Supervisor variables of the outer environment that could change which
-/// supervisor the library talks to.
-const SUPERVISOR_VARS: &[&str] = &[
-    "BALENA_SUPERVISOR_ADDRESS",
-    "BALENA_SUPERVISOR_HOST",
-    "BALENA_SUPERVISOR_PORT",
-    "BALENA_SUPERVISOR_API_KEY",
-    "BALENA_APP_ID",
-    "RESIN_SUPERVISOR_ADDRESS",
-    "RESIN_SUPERVISOR_HOST",
-    "RESIN_SUPERVISOR_PORT",
-    "RESIN_SUPERVISOR_API_KEY",
-    "RESIN_APP_ID",
-];
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// `python3` (or `$PYTHON3`), checked to run and to be Python 3.
 fn python3() -> PathBuf {
@@ -80,10 +61,12 @@ fn python3() -> PathBuf {
 fn python_command(sim: &sim::Sim, args: &[&str]) -> Command {
     let mut cmd = Command::new(python3());
     cmd.args(args).current_dir(manifest_dir());
-    for var in PROXY_VARS.iter().chain(SUPERVISOR_VARS) {
+    // Outer supervisor settings could change which supervisor the library
+    // talks to.
+    for var in PROXY_VARS.iter().chain(&CONFIG_VARS) {
         cmd.env_remove(var);
     }
-    cmd.env("BD_LIB", support::built_cdylib())
+    cmd.env("BD_LIB", built_cdylib())
         .env("BD_HEADER", manifest_dir().join("include/balena_device.h"))
         .env("BALENA_SUPERVISOR_ADDRESS", sim.address())
         .env("BALENA_SUPERVISOR_API_KEY", sim.api_key())
@@ -96,67 +79,8 @@ fn python_command(sim: &sim::Sim, args: &[&str]) -> Command {
     cmd
 }
 
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Everything the process printed.
-    fn transcript(&self) -> String {
-        format!(
-            "--- status: {}\n--- stdout:\n{}\n--- stderr:\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
 /// Where to look when an assertion on a run fails.
 const SEE_OUTPUT: &str = "(the Python output is printed above)";
-
-/// Runs `cmd` to completion (killed after `PYTHON_TIMEOUT`), printing its
-/// output so that a failing test shows it.
-fn run(mut cmd: Command) -> Run {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let reader = |mut pipe: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().expect("stdout piped")));
-    let err = reader(Box::new(child.stderr.take().expect("stderr piped")));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for python") {
-            break status;
-        }
-        if started.elapsed() > PYTHON_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-            panic!(
-                "{what} did not finish within {PYTHON_TIMEOUT:?}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}"
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let run = Run {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    };
-    println!("$ {what}\n{}", run.transcript());
-    run
-}
 
 /// Number of `def test_` methods in a Python test file.
 fn count_test_methods(path: &Path) -> usize {
@@ -170,21 +94,24 @@ fn count_test_methods(path: &Path) -> usize {
 #[test]
 fn python_ctypes_unittest_suite_passes_against_the_simulator() {
     let sim = sim::Sim::start();
-    let run = run(python_command(
-        &sim,
-        &[
-            "-m",
-            "unittest",
-            "discover",
-            "-v",
-            "-s",
-            "tests/python",
-            "-t",
-            "tests/python",
-            "-p",
-            "test_*.py",
-        ],
-    ));
+    let run = run(
+        python_command(
+            &sim,
+            &[
+                "-m",
+                "unittest",
+                "discover",
+                "-v",
+                "-s",
+                "tests/python",
+                "-t",
+                "tests/python",
+                "-p",
+                "test_*.py",
+            ],
+        ),
+        PYTHON_TIMEOUT,
+    );
     let transcript = SEE_OUTPUT;
     assert!(
         run.status.success(),
@@ -226,10 +153,10 @@ fn python_ctypes_unittest_suite_passes_against_the_simulator() {
 }
 
 /// Runs the Python example with `extra` arguments.
-fn run_example(sim: &sim::Sim, extra: &[&str]) -> Run {
+fn run_example(sim: &sim::Sim, extra: &[&str]) -> Finished {
     let mut args = vec!["examples/python/device_status.py"];
     args.extend_from_slice(extra);
-    run(python_command(sim, &args))
+    run(python_command(sim, &args), PYTHON_TIMEOUT)
 }
 
 #[test]

@@ -6,57 +6,27 @@
 
 mod fault_server;
 mod sim;
+mod support;
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use balena_device::client::percent_encode;
 use balena_device::ffi::*;
 use balena_device::{Client, Config};
-use fault_server::{closed_port, response, Conn, FaultServer, RawRequest};
+use fault_server::{response, Conn, FaultServer, RawRequest};
 use sim::{Sim, SimConfig};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use support::{closed_port, last_error, serial, setup, OK};
 
 /// A key like the supervisor issues (32 hex characters).
 const HEX_KEY: &str = "9f3c1e7a5b2d4068ac1e9b7d3f5a2c64";
 /// A key with every character that means something in a URL.
 const ODD_KEY: &str = "k+&=y/%?#sEcReT;@:,$!*'()[]~_-.";
 
-const OK: c_int = bd_status::BD_OK as c_int;
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn last_error() -> String {
-    // SAFETY: never NULL, valid until the next bd_ call on this thread.
-    unsafe { CStr::from_ptr(bd_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn init(address: &str, key: &str, timeout_ms: u32) {
-    bd_cleanup();
-    let a = CString::new(address).unwrap();
-    let k = CString::new(key).unwrap();
-    // SAFETY: valid strings.
-    assert_eq!(
-        unsafe { bd_init(a.as_ptr(), k.as_ptr()) },
-        OK,
-        "{}",
-        last_error()
-    );
-    assert_eq!(bd_set_timeout_ms(timeout_ms), OK);
-}
-
-/// Every way the key could be spelled in a message: as is, percent-encoded
-/// (upper- and lower-case hex), and any 12-character piece of those (a key
-/// cut short by a clipped message is still a leak).
-fn key_spellings(key: &str) -> Vec<String> {
-    let upper = percent_encode(key);
-    let lower = upper
+/// `percent_encode(s)` with its hex digits in lower case (`%2f`, not `%2F`).
+fn percent_encode_lower(s: &str) -> String {
+    percent_encode(s)
         .split('%')
         .enumerate()
         .map(|(i, part)| {
@@ -67,7 +37,15 @@ fn key_spellings(key: &str) -> Vec<String> {
             }
         })
         .collect::<Vec<_>>()
-        .join("%");
+        .join("%")
+}
+
+/// Every way the key could be spelled in a message: as is, percent-encoded
+/// (upper- and lower-case hex), and any 12-character piece of those (a key
+/// cut short by a clipped message is still a leak).
+fn key_spellings(key: &str) -> Vec<String> {
+    let upper = percent_encode(key);
+    let lower = percent_encode_lower(key);
     let mut out = Vec::new();
     for whole in [key.to_string(), upper, lower] {
         let chars: Vec<char> = whole.chars().collect();
@@ -204,20 +182,7 @@ fn echo_answer(echo: Echo, req: &RawRequest) -> Vec<u8> {
             serde_json::json!({"status": "failed", "message": format!("no app for {key}")})
                 .to_string(),
         ),
-        Echo::LowerHex => {
-            let lower: String = percent_encode(&key)
-                .split('%')
-                .enumerate()
-                .map(|(i, p)| {
-                    if i == 0 || p.len() < 2 {
-                        p.to_string()
-                    } else {
-                        format!("%{}{}", p[..2].to_ascii_lowercase(), &p[2..])
-                    }
-                })
-                .collect();
-            text(503, format!("apikey={lower}"))
-        }
+        Echo::LowerHex => text(503, format!("apikey={}", percent_encode_lower(&key))),
         Echo::JsonEscaped => json(
             503,
             format!(
@@ -257,7 +222,7 @@ fn the_key_never_shows_in_last_error_when_servers_echo_it() {
         echo_answer(echo, req)
     });
     for key in [HEX_KEY, ODD_KEY] {
-        init(&srv.address(), key, 2000);
+        setup(&srv.address(), key, 2000);
         for &echo in &echoes {
             *current.lock().unwrap_or_else(|e| e.into_inner()) = echo;
             for (name, rc, msg) in call_each() {
@@ -285,7 +250,7 @@ fn the_key_never_shows_in_last_error_when_servers_echo_it() {
 fn the_key_never_shows_in_last_error_on_transport_failures() {
     let _g = serial();
     // Refused connection.
-    init(
+    setup(
         &format!("http://127.0.0.1:{}", closed_port()),
         ODD_KEY,
         1000,
@@ -334,7 +299,7 @@ fn the_key_never_shows_in_last_error_on_transport_failures() {
     ];
     for (what, script) in scripts {
         let srv = FaultServer::start(script);
-        init(&srv.address(), ODD_KEY, 500);
+        setup(&srv.address(), ODD_KEY, 500);
         for (name, rc, msg) in call_each() {
             let case = format!("{name} / {what}");
             assert!(rc < 0, "{case}: {rc}");
@@ -383,7 +348,7 @@ fn the_key_is_percent_encoded_on_the_wire_and_sent_once() {
         api_key: ODD_KEY.to_string(),
         ..SimConfig::default()
     });
-    init(&sim.address(), ODD_KEY, 2000);
+    setup(&sim.address(), ODD_KEY, 2000);
     let mut buf = vec![0 as c_char; 4096];
     // SAFETY: a valid buffer.
     let rc = unsafe { bd_state_json(buf.as_mut_ptr(), buf.len()) };
@@ -416,7 +381,7 @@ fn the_key_is_percent_encoded_on_the_wire_and_sent_once() {
     // The raw bytes: the key appears exactly once, encoded, in the request line.
     let srv =
         FaultServer::answering(|_| response(200, &[("Content-Type", "application/json")], b"{}"));
-    init(&srv.address(), ODD_KEY, 2000);
+    setup(&srv.address(), ODD_KEY, 2000);
     // SAFETY: a valid buffer.
     unsafe { bd_state_json(buf.as_mut_ptr(), buf.len()) };
     let raw = String::from_utf8_lossy(&srv.requests()[0].raw).into_owned();
@@ -436,7 +401,7 @@ fn service_names_are_encoded_in_queries_and_escaped_in_bodies() {
         multi_container: true,
         ..SimConfig::default()
     });
-    init(&sim.address(), &sim.api_key(), 2000);
+    setup(&sim.address(), &sim.api_key(), 2000);
     let name = "my svc&apikey=stolen+1/é?#\"q\\";
     let cname = CString::new(name).unwrap();
     let mut buf = vec![0 as c_char; 256];

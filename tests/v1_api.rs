@@ -5,176 +5,28 @@
 //! exact request the simulator received.
 
 mod sim;
+mod support;
 
 use std::ffi::{c_char, c_int, CStr, CString};
-use std::net::TcpListener;
 use std::ptr;
-use std::sync::{Mutex, MutexGuard};
 
 use balena_device::ffi::*;
-use serde_json::{json, Value};
-use sim::{Recorded, Sim, SimConfig};
+use serde_json::json;
+use sim::check::{assert_nothing_sent, assert_request, assert_sent, only_request, Body};
+use sim::{Sim, SimConfig};
+use support::{
+    assert_fails, assert_ok, clear_env, closed_port, code, cstr, init, last_error, one_shot, parse,
+    serial, setup, text_call,
+};
 
 // ------------------------------------------------------------------ helpers
-
-/// The C API has one process-wide client and reads process-wide environment
-/// variables: tests of this binary run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-const ENV_VARS: [&str; 10] = [
-    "BALENA_SUPERVISOR_ADDRESS",
-    "RESIN_SUPERVISOR_ADDRESS",
-    "BALENA_SUPERVISOR_HOST",
-    "BALENA_SUPERVISOR_PORT",
-    "RESIN_SUPERVISOR_HOST",
-    "RESIN_SUPERVISOR_PORT",
-    "BALENA_SUPERVISOR_API_KEY",
-    "RESIN_SUPERVISOR_API_KEY",
-    "BALENA_APP_ID",
-    "RESIN_APP_ID",
-];
-
-fn clear_env() {
-    for name in ENV_VARS {
-        std::env::remove_var(name);
-    }
-}
-
-fn cstr(s: &str) -> CString {
-    CString::new(s).expect("no NUL inside")
-}
-
-fn last_error() -> String {
-    // SAFETY: bd_last_error never returns NULL and the text stays valid until
-    // the next bd_ call on this thread; it is copied at once.
-    unsafe { CStr::from_ptr(bd_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn init(address: &str, key: &str) -> c_int {
-    let (a, k) = (cstr(address), cstr(key));
-    // SAFETY: both are NUL-terminated strings that outlive the call.
-    unsafe { bd_init(a.as_ptr(), k.as_ptr()) }
-}
 
 /// A fresh default client for `sim` (environment cleared, 5 s timeout), and
 /// the simulator's recording emptied.
 fn connect(sim: &Sim) {
     clear_env();
-    bd_cleanup();
-    assert_eq!(init(&sim.address(), &sim.api_key()), 0, "{}", last_error());
-    assert_eq!(bd_set_timeout_ms(5000), 0);
+    setup(&sim.address(), &sim.api_key(), 5000);
     sim.clear_requests();
-}
-
-const OK: c_int = bd_status::BD_OK as c_int;
-
-fn code(s: bd_status) -> c_int {
-    s as c_int
-}
-
-/// A success: `rc` is BD_OK and the last error is empty.
-#[track_caller]
-fn assert_ok(rc: c_int) {
-    let err = last_error();
-    assert_eq!(rc, OK, "expected BD_OK; last error: {err}");
-    assert_eq!(err, "", "the last error must be empty after a success");
-}
-
-/// A failure: the status, the HTTP status, a last error that names `label`
-/// (e.g. "POST /v1/reboot") and never contains `key`. Returns the last error.
-#[track_caller]
-fn assert_fails(rc: c_int, want: bd_status, http: c_int, label: &str, key: &str) -> String {
-    let err = last_error();
-    let status = bd_last_http_status();
-    assert_eq!(rc, want as c_int, "expected {want:?}; last error: {err}");
-    assert_eq!(status, http, "bd_last_http_status; last error: {err}");
-    assert!(
-        err.contains(label),
-        "the last error {err:?} does not name {label:?}"
-    );
-    assert!(!key.is_empty());
-    assert!(
-        !err.contains(key),
-        "the last error {err:?} contains the API key"
-    );
-    err
-}
-
-/// What a request must carry as its body.
-enum Body<'a> {
-    /// No body and no Content-Type.
-    Empty,
-    /// These exact bytes, as `application/json`.
-    Exact(&'a str),
-}
-
-#[track_caller]
-fn assert_request(r: &Recorded, method: &str, path: &str, key: Option<&str>, body: Body<'_>) {
-    assert_eq!(r.method, method, "method of {r:?}");
-    assert_eq!(r.path, path, "path of {r:?}");
-    assert_eq!(r.query_param("apikey"), key, "apikey of {r:?}");
-    match body {
-        Body::Empty => {
-            assert!(r.body.is_empty(), "unexpected body {:?}", r.body_text());
-            assert_eq!(
-                r.header("content-type"),
-                None,
-                "Content-Type without a body"
-            );
-        }
-        Body::Exact(text) => {
-            assert_eq!(r.header("content-type"), Some("application/json"));
-            assert_eq!(r.body_text(), text, "body");
-        }
-    }
-}
-
-/// The one request the simulator received since the recording was cleared
-/// (clears it again).
-#[track_caller]
-fn only_request(sim: &Sim) -> Recorded {
-    let mut reqs = sim.requests();
-    assert_eq!(reqs.len(), 1, "expected exactly one request: {reqs:#?}");
-    sim.clear_requests();
-    reqs.remove(0)
-}
-
-#[track_caller]
-fn assert_nothing_sent(sim: &Sim) {
-    let reqs = sim.requests();
-    assert!(reqs.is_empty(), "nothing should have been sent: {reqs:#?}");
-}
-
-/// Calls a text-producing function with a large buffer; checks the snprintf
-/// rules on success and returns the status and the text.
-fn text_call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> (c_int, String) {
-    let mut buf = vec![0x55 as c_char; 64 * 1024];
-    let rc = f(buf.as_mut_ptr(), buf.len());
-    if rc < 0 {
-        return (rc, String::new());
-    }
-    let n = rc as usize;
-    assert!(n < buf.len(), "text longer than the test buffer");
-    assert_eq!(buf[n], 0, "not NUL-terminated at the returned length");
-    let bytes: Vec<u8> = buf[..n].iter().map(|&c| c as u8).collect();
-    assert!(!bytes.contains(&0), "a NUL inside the returned length");
-    (rc, String::from_utf8(bytes).expect("UTF-8 text"))
-}
-
-fn parse(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
-}
-
-/// A port on 127.0.0.1 where nothing listens (bound, then released).
-fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 // ------------------------------------------------------------------ ping, healthy, blink
@@ -212,13 +64,13 @@ fn healthy_answers_one_or_zero() {
     assert_eq!(bd_healthy(), 1, "{}", last_error());
     assert_eq!(last_error(), "");
     assert_eq!(bd_last_http_status(), 200);
-    assert_request(&only_request(&sim), "GET", "/v1/healthy", None, Body::Empty);
+    assert_sent(&sim, "GET", "/v1/healthy", None, Body::Empty);
 
     sim.with_state(|s| s.healthy = false);
     assert_eq!(bd_healthy(), 0, "{}", last_error());
     assert_eq!(last_error(), "", "unhealthy is an answer, not an error");
     assert_eq!(bd_last_http_status(), 500);
-    assert_request(&only_request(&sim), "GET", "/v1/healthy", None, Body::Empty);
+    assert_sent(&sim, "GET", "/v1/healthy", None, Body::Empty);
 }
 
 #[test]
@@ -230,13 +82,7 @@ fn blink_posts_with_the_key_and_no_body() {
     assert_ok(bd_blink());
     assert_eq!(bd_last_http_status(), 200);
     let key = sim.api_key();
-    assert_request(
-        &only_request(&sim),
-        "POST",
-        "/v1/blink",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "POST", "/v1/blink", Some(&key), Body::Empty);
     assert_eq!(sim.state().actions, vec!["blink"]);
 }
 
@@ -256,13 +102,7 @@ fn a_wrong_key_is_unauthorized_and_never_echoed() {
         "POST /v1/blink",
         wrong,
     );
-    assert_request(
-        &only_request(&sim),
-        "POST",
-        "/v1/blink",
-        Some(wrong),
-        Body::Empty,
-    );
+    assert_sent(&sim, "POST", "/v1/blink", Some(wrong), Body::Empty);
     assert!(sim.state().actions.is_empty());
 }
 
@@ -284,8 +124,8 @@ fn reboot_and_shutdown_send_force_and_honour_the_lock() {
         // Unlocked, without force.
         assert_ok(f(false));
         assert_eq!(bd_last_http_status(), 202);
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &path,
             Some(&key),
@@ -301,8 +141,8 @@ fn reboot_and_shutdown_send_force_and_honour_the_lock() {
         let err = assert_fails(rc, bd_status::BD_ERR_LOCKED, 423, &label, &key);
         assert!(err.contains("423"), "{err}");
         assert!(err.contains("Updates are locked"), "{err}");
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &path,
             Some(&key),
@@ -313,8 +153,8 @@ fn reboot_and_shutdown_send_force_and_honour_the_lock() {
         // Locked, with force: done, and the lock is gone.
         assert_ok(f(true));
         assert_eq!(bd_last_http_status(), 202);
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &path,
             Some(&key),
@@ -335,8 +175,8 @@ fn update_succeeds_on_202_and_204_and_is_never_locked() {
 
     assert_ok(bd_update(false));
     assert_eq!(bd_last_http_status(), 202);
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v1/update",
         Some(&key),
@@ -345,8 +185,8 @@ fn update_succeeds_on_202_and_204_and_is_never_locked() {
 
     assert_ok(bd_update(true));
     assert_eq!(bd_last_http_status(), 204);
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v1/update",
         Some(&key),
@@ -359,8 +199,8 @@ fn update_succeeds_on_202_and_204_and_is_never_locked() {
     });
     assert_ok(bd_update(false));
     assert_eq!(bd_last_http_status(), 204);
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v1/update",
         Some(&key),
@@ -387,8 +227,8 @@ fn purge_and_restart_send_the_app_id() {
     for (name, f) in APP_ACTIONS {
         assert_ok(f(1234));
         assert_eq!(bd_last_http_status(), 200);
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &format!("/v1/{name}"),
             Some(&key),
@@ -405,41 +245,31 @@ fn current_app_is_resolved_from_balena_then_resin_app_id() {
     connect(&sim);
     let key = sim.api_key();
 
+    // (BALENA_APP_ID, RESIN_APP_ID), unset where None: BALENA_APP_ID alone,
+    // BALENA_APP_ID winning over RESIN_APP_ID, RESIN_APP_ID alone.
+    let envs = [
+        (Some("1234"), None),
+        (Some("1234"), Some("777")),
+        (None, Some("1234")),
+    ];
     for (name, f) in APP_ACTIONS {
         let path = format!("/v1/{name}");
-
-        std::env::set_var("BALENA_APP_ID", "1234");
-        assert_ok(f(BD_CURRENT_APP));
-        assert_request(
-            &only_request(&sim),
-            "POST",
-            &path,
-            Some(&key),
-            Body::Exact(r#"{"appId":1234}"#),
-        );
-
-        // BALENA_APP_ID wins over RESIN_APP_ID.
-        std::env::set_var("RESIN_APP_ID", "777");
-        assert_ok(f(BD_CURRENT_APP));
-        assert_request(
-            &only_request(&sim),
-            "POST",
-            &path,
-            Some(&key),
-            Body::Exact(r#"{"appId":1234}"#),
-        );
-
-        // RESIN_APP_ID alone.
-        std::env::remove_var("BALENA_APP_ID");
-        std::env::set_var("RESIN_APP_ID", "1234");
-        assert_ok(f(BD_CURRENT_APP));
-        assert_request(
-            &only_request(&sim),
-            "POST",
-            &path,
-            Some(&key),
-            Body::Exact(r#"{"appId":1234}"#),
-        );
+        for (balena, resin) in envs {
+            for (var, value) in [("BALENA_APP_ID", balena), ("RESIN_APP_ID", resin)] {
+                match value {
+                    Some(v) => std::env::set_var(var, v),
+                    None => std::env::remove_var(var),
+                }
+            }
+            assert_ok(f(BD_CURRENT_APP));
+            assert_sent(
+                &sim,
+                "POST",
+                &path,
+                Some(&key),
+                Body::Exact(r#"{"appId":1234}"#),
+            );
+        }
         std::env::remove_var("RESIN_APP_ID");
     }
 }
@@ -484,8 +314,8 @@ fn purge_and_restart_failures() {
             err.contains("Application with ID 999 is not in the current state"),
             "{err}"
         );
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &path,
             Some(&key),
@@ -496,8 +326,8 @@ fn purge_and_restart_failures() {
         sim.with_state(|s| s.locked = true);
         let rc = f(1234);
         assert_fails(rc, bd_status::BD_ERR_LOCKED, 423, &label, &key);
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &path,
             Some(&key),
@@ -511,8 +341,8 @@ fn purge_and_restart_failures() {
         assert_eq!(init(&sim.address(), scoped), 0);
         let rc = f(1234);
         assert_fails(rc, bd_status::BD_ERR_UNAUTHORIZED, 401, &label, scoped);
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &path,
             Some(scoped),
@@ -549,26 +379,14 @@ fn app_state_json_single_multi_and_scoped() {
             "releaseId": 2_345_678,
         })
     );
-    assert_request(
-        &only_request(&sim),
-        "GET",
-        "/v1/apps/1234",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "GET", "/v1/apps/1234", Some(&key), Body::Empty);
 
     // BD_CURRENT_APP.
     std::env::set_var("BALENA_APP_ID", "1234");
     let (rc, text2) = text_call(|b, l| unsafe { bd_app_state_json(BD_CURRENT_APP, b, l) });
     assert!(rc > 0, "{}", last_error());
     assert_eq!(text2, text);
-    assert_request(
-        &only_request(&sim),
-        "GET",
-        "/v1/apps/1234",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "GET", "/v1/apps/1234", Some(&key), Body::Empty);
     std::env::remove_var("BALENA_APP_ID");
 
     // Multi-container: 400.
@@ -582,13 +400,7 @@ fn app_state_json_single_multi_and_scoped() {
         &key,
     );
     assert!(err.contains("single-container"), "{err}");
-    assert_request(
-        &only_request(&sim),
-        "GET",
-        "/v1/apps/1234",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "GET", "/v1/apps/1234", Some(&key), Body::Empty);
     sim.with_state(|s| s.multi_container = false);
 
     // Not installed here: 400.
@@ -614,13 +426,7 @@ fn app_state_json_single_multi_and_scoped() {
         "GET /v1/apps/1234",
         scoped,
     );
-    assert_request(
-        &only_request(&sim),
-        "GET",
-        "/v1/apps/1234",
-        Some(scoped),
-        Body::Empty,
-    );
+    assert_sent(&sim, "GET", "/v1/apps/1234", Some(scoped), Body::Empty);
 }
 
 #[test]
@@ -637,8 +443,8 @@ fn stop_and_start_app_return_the_container_id_and_change_the_device() {
     assert_eq!(rc, 64, "{}", last_error());
     assert_eq!(text, main_id);
     assert_eq!(last_error(), "");
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v1/apps/1234/stop",
         Some(&key),
@@ -653,21 +459,15 @@ fn stop_and_start_app_return_the_container_id_and_change_the_device() {
     let (rc, text) = text_call(|b, l| unsafe { bd_start_app(1234, b, l) });
     assert_eq!(rc, 64, "{}", last_error());
     assert_eq!(text, main_id);
-    assert_request(
-        &only_request(&sim),
-        "POST",
-        "/v1/apps/1234/start",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "POST", "/v1/apps/1234/start", Some(&key), Body::Empty);
     assert_eq!(sim.state().device["status"], "Idle");
 
     // The id is optional: NULL with len 0 still acts and returns the length.
     // SAFETY: NULL with len 0 is allowed.
     let rc = unsafe { bd_stop_app(1234, true, ptr::null_mut(), 0) };
     assert_eq!(rc, 64, "{}", last_error());
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v1/apps/1234/stop",
         Some(&key),
@@ -731,8 +531,8 @@ fn stop_app_is_locked_but_start_app_never() {
         &key,
     );
     assert!(err.contains("Updates are locked"), "{err}");
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v1/apps/1234/stop",
         Some(&key),
@@ -747,8 +547,8 @@ fn stop_app_is_locked_but_start_app_never() {
 
     let (rc, _) = text_call(|b, l| unsafe { bd_stop_app(1234, true, b, l) });
     assert_eq!(rc, 64, "{}", last_error());
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v1/apps/1234/stop",
         Some(&key),
@@ -817,13 +617,7 @@ fn state_json_is_the_device_object() {
     assert_eq!(rc as usize, text.len(), "{}", last_error());
     assert_eq!(parse(&text), sim.state().device);
     assert_eq!(parse(&text)["status"], "Idle");
-    assert_request(
-        &only_request(&sim),
-        "GET",
-        "/v1/device",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "GET", "/v1/device", Some(&key), Body::Empty);
 
     // An answer that is not a JSON object.
     sim.with_state(|s| s.device = json!([1, 2]));
@@ -853,8 +647,8 @@ fn host_config_get_and_set_pass_the_body_through() {
         parse(&text),
         json!({"network": {"hostname": "device", "proxy": {}}})
     );
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "GET",
         "/v1/device/host-config",
         Some(&key),
@@ -867,8 +661,8 @@ fn host_config_get_and_set_pass_the_body_through() {
     // SAFETY: a NUL-terminated string.
     assert_ok(unsafe { bd_set_host_config_json(json.as_ptr()) });
     assert_eq!(bd_last_http_status(), 200);
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "PATCH",
         "/v1/device/host-config",
         Some(&key),
@@ -901,8 +695,8 @@ fn set_host_config_lock_force_and_bad_request() {
     // SAFETY (all calls below): NUL-terminated strings.
     let rc = unsafe { bd_set_host_config_json(json.as_ptr()) };
     assert_fails(rc, bd_status::BD_ERR_LOCKED, 423, label, &key);
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "PATCH",
         "/v1/device/host-config",
         Some(&key),
@@ -915,8 +709,8 @@ fn set_host_config_lock_force_and_bad_request() {
     let json = cstr(body);
     let rc = unsafe { bd_set_host_config_json(json.as_ptr()) };
     assert_fails(rc, bd_status::BD_ERR_LOCKED, 423, label, &key);
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "PATCH",
         "/v1/device/host-config",
         Some(&key),
@@ -927,8 +721,8 @@ fn set_host_config_lock_force_and_bad_request() {
     let body = r#"{"force":true,"network":{"hostname":"other"}}"#;
     let json = cstr(body);
     assert_ok(unsafe { bd_set_host_config_json(json.as_ptr()) });
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "PATCH",
         "/v1/device/host-config",
         Some(&key),
@@ -944,8 +738,8 @@ fn set_host_config_lock_force_and_bad_request() {
     let rc = unsafe { bd_set_host_config_json(json.as_ptr()) };
     let err = assert_fails(rc, bd_status::BD_ERR_BAD_REQUEST, 400, label, &key);
     assert!(err.contains("network"), "{err}");
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "PATCH",
         "/v1/device/host-config",
         Some(&key),
@@ -1000,8 +794,8 @@ fn regenerate_api_key_returns_the_new_key_and_uses_it() {
     assert!(new.bytes().all(|b| b.is_ascii_hexdigit()), "{new}");
     assert_ne!(new, old);
     assert_eq!(sim.api_key(), new, "the simulator's key changed");
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v1/regenerate-api-key",
         Some(&old),
@@ -1010,13 +804,7 @@ fn regenerate_api_key_returns_the_new_key_and_uses_it() {
 
     // The next call uses the new key, and succeeds.
     assert_ok(bd_blink());
-    assert_request(
-        &only_request(&sim),
-        "POST",
-        "/v1/blink",
-        Some(&new),
-        Body::Empty,
-    );
+    assert_sent(&sim, "POST", "/v1/blink", Some(&new), Body::Empty);
 
     // The old key is now rejected, and the error shows neither key.
     assert_eq!(init(&sim.address(), &old), 0);
@@ -1034,31 +822,6 @@ fn regenerate_api_key_returns_the_new_key_and_uses_it() {
 
 // ------------------------------------------------------------------ redirects, echoed keys
 
-/// A one-shot server on 127.0.0.1 that answers the first request with
-/// `response` (a whole HTTP response) and hands back the request head.
-fn canned(response: String) -> (String, std::thread::JoinHandle<String>) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    let handle = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        let mut w = stream;
-        w.write_all(response.as_bytes()).unwrap();
-        w.flush().unwrap();
-        head
-    });
-    (address, handle)
-}
-
 #[test]
 fn redirects_are_not_followed_and_echoed_keys_are_scrubbed() {
     let _g = serial();
@@ -1072,7 +835,7 @@ fn redirects_are_not_followed_and_echoed_keys_are_scrubbed() {
         closed_port()
     );
     let body = format!("Found. Redirecting to {target} (key {key})");
-    let (address, server) = canned(format!(
+    let (address, server) = one_shot(format!(
         "HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Type: text/plain\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -1091,7 +854,7 @@ fn redirects_are_not_followed_and_echoed_keys_are_scrubbed() {
 
     // A server error whose message echoes the key.
     let body = format!(r#"{{"status":"failed","message":"bad key {key} / {encoded}"}}"#);
-    let (address, server) = canned(format!(
+    let (address, server) = one_shot(format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -1164,13 +927,7 @@ fn init_validates_the_address_and_the_key() {
     // Nothing was sent, and the previous configuration stayed in place.
     assert_nothing_sent(&sim);
     assert_ok(bd_blink());
-    assert_request(
-        &only_request(&sim),
-        "POST",
-        "/v1/blink",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "POST", "/v1/blink", Some(&key), Body::Empty);
 
     // Accepted forms: a trailing slash, an upper-case scheme.
     for good in [
@@ -1179,13 +936,7 @@ fn init_validates_the_address_and_the_key() {
     ] {
         assert_ok(init(&good, &key));
         assert_ok(bd_blink());
-        assert_request(
-            &only_request(&sim),
-            "POST",
-            "/v1/blink",
-            Some(&key),
-            Body::Empty,
-        );
+        assert_sent(&sim, "POST", "/v1/blink", Some(&key), Body::Empty);
     }
 }
 
@@ -1207,13 +958,7 @@ fn two_sims() -> (Sim, Sim) {
 fn blink_reaches(sim: &Sim, other: &Sim, key: &str) {
     assert_ok(bd_init_from_env());
     assert_ok(bd_blink());
-    assert_request(
-        &only_request(sim),
-        "POST",
-        "/v1/blink",
-        Some(key),
-        Body::Empty,
-    );
+    assert_sent(sim, "POST", "/v1/blink", Some(key), Body::Empty);
     assert_nothing_sent(other);
 }
 
@@ -1292,13 +1037,7 @@ fn init_with_null_takes_that_value_from_the_environment() {
     // SAFETY (all bd_init calls): NULL or NUL-terminated strings.
     assert_ok(unsafe { bd_init(ptr::null(), ptr::null()) });
     assert_ok(bd_blink());
-    assert_request(
-        &only_request(&a),
-        "POST",
-        "/v1/blink",
-        Some("key_of_sim_a"),
-        Body::Empty,
-    );
+    assert_sent(&a, "POST", "/v1/blink", Some("key_of_sim_a"), Body::Empty);
 
     // Explicit address, key from the environment.
     let addr_b = cstr(&b.address());
@@ -1336,13 +1075,7 @@ fn init_from_env_and_cleanup_start_again_from_the_environment() {
     bd_cleanup();
     assert_eq!(last_error(), "");
     assert_ok(bd_blink());
-    assert_request(
-        &only_request(&b),
-        "POST",
-        "/v1/blink",
-        Some("key_of_sim_b"),
-        Body::Empty,
-    );
+    assert_sent(&b, "POST", "/v1/blink", Some("key_of_sim_b"), Body::Empty);
     assert_nothing_sent(&a);
 
     // bd_init_from_env re-reads the environment now.

@@ -5,236 +5,67 @@
 //! and the exact request the simulator received.
 
 mod sim;
+mod support;
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::ptr;
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use balena_device::ffi::*;
-use serde_json::{json, Value};
-use sim::{Recorded, Sim, SimConfig};
+use serde_json::json;
+use sim::check::{assert_nothing_sent, assert_request, assert_sent, only_request, Body};
+use sim::{Sim, SimConfig, SimState};
+use support::{
+    assert_fails, assert_invalid, assert_ok, clear_env, closed_port, code, cstr, init, last_error,
+    one_shot, parse, serial, setup, text_call, text_ok, OK,
+};
 
 // ------------------------------------------------------------------ helpers
-
-/// The C API has one process-wide client, process-wide environment variables
-/// and one lock path: tests of this binary run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-const ENV_VARS: [&str; 10] = [
-    "BALENA_SUPERVISOR_ADDRESS",
-    "RESIN_SUPERVISOR_ADDRESS",
-    "BALENA_SUPERVISOR_HOST",
-    "BALENA_SUPERVISOR_PORT",
-    "RESIN_SUPERVISOR_HOST",
-    "RESIN_SUPERVISOR_PORT",
-    "BALENA_SUPERVISOR_API_KEY",
-    "RESIN_SUPERVISOR_API_KEY",
-    "BALENA_APP_ID",
-    "RESIN_APP_ID",
-];
-
-fn clear_env() {
-    for name in ENV_VARS {
-        std::env::remove_var(name);
-    }
-}
-
-fn cstr(s: &str) -> CString {
-    CString::new(s).expect("no NUL inside")
-}
-
-fn last_error() -> String {
-    // SAFETY: bd_last_error never returns NULL; the text is copied at once.
-    unsafe { CStr::from_ptr(bd_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn init(address: &str, key: &str) -> c_int {
-    let (a, k) = (cstr(address), cstr(key));
-    // SAFETY: both are NUL-terminated strings that outlive the call.
-    unsafe { bd_init(a.as_ptr(), k.as_ptr()) }
-}
 
 /// A fresh default client for `sim` (environment cleared, 5 s timeout), and
 /// the simulator's recording emptied.
 fn connect(sim: &Sim) {
     clear_env();
-    bd_cleanup();
-    assert_eq!(init(&sim.address(), &sim.api_key()), 0, "{}", last_error());
-    assert_eq!(bd_set_timeout_ms(5000), 0);
+    setup(&sim.address(), &sim.api_key(), 5000);
     sim.clear_requests();
 }
 
-const OK: c_int = bd_status::BD_OK as c_int;
-
-fn code(s: bd_status) -> c_int {
-    s as c_int
-}
-
-#[track_caller]
-fn assert_ok(rc: c_int) {
-    let err = last_error();
-    assert_eq!(rc, OK, "expected BD_OK; last error: {err}");
-    assert_eq!(err, "", "the last error must be empty after a success");
-}
-
-/// A failure: the status, the HTTP status, a last error that names `label`
-/// (e.g. "POST /v2/...") and never contains `key`. Returns the last error.
-#[track_caller]
-fn assert_fails(rc: c_int, want: bd_status, http: c_int, label: &str, key: &str) -> String {
-    let err = last_error();
-    let status = bd_last_http_status();
-    assert_eq!(rc, want as c_int, "expected {want:?}; last error: {err}");
-    assert_eq!(status, http, "bd_last_http_status; last error: {err}");
-    assert!(
-        err.contains(label),
-        "the last error {err:?} does not name {label:?}"
-    );
-    assert!(!key.is_empty());
-    assert!(
-        !err.contains(key),
-        "the last error {err:?} contains the API key"
-    );
-    err
-}
-
-/// Bad input: BD_ERR_INVALID_ARGUMENT with a message, no HTTP status.
-#[track_caller]
-fn assert_invalid(rc: c_int) {
-    let err = last_error();
-    assert_eq!(rc, code(bd_status::BD_ERR_INVALID_ARGUMENT), "{err}");
-    assert!(!err.is_empty());
-    assert_eq!(bd_last_http_status(), 0);
-}
-
-/// What a request must carry as its body.
-enum Body<'a> {
-    /// No body and no Content-Type.
-    Empty,
-    /// These exact bytes, as `application/json`.
-    Exact(&'a str),
-    /// JSON equal to this value (key order free), as `application/json`.
-    Json(Value),
-}
-
-#[track_caller]
-fn assert_request(r: &Recorded, method: &str, path: &str, key: Option<&str>, body: Body<'_>) {
-    assert_eq!(r.method, method, "method of {r:?}");
-    assert_eq!(r.path, path, "path of {r:?}");
-    assert_eq!(r.query_param("apikey"), key, "apikey of {r:?}");
-    match body {
-        Body::Empty => {
-            assert!(r.body.is_empty(), "unexpected body {:?}", r.body_text());
-            assert_eq!(
-                r.header("content-type"),
-                None,
-                "Content-Type without a body"
-            );
-        }
-        Body::Exact(text) => {
-            assert_eq!(r.header("content-type"), Some("application/json"));
-            assert_eq!(r.body_text(), text, "body");
-        }
-        Body::Json(v) => {
-            assert_eq!(r.header("content-type"), Some("application/json"));
-            assert_eq!(r.json(), Some(v), "body {:?}", r.body_text());
-        }
-    }
-}
-
-/// The one request the simulator received since the recording was cleared
-/// (clears it again).
-#[track_caller]
-fn only_request(sim: &Sim) -> Recorded {
-    let mut reqs = sim.requests();
-    assert_eq!(reqs.len(), 1, "expected exactly one request: {reqs:#?}");
-    sim.clear_requests();
-    reqs.remove(0)
-}
-
-#[track_caller]
-fn assert_nothing_sent(sim: &Sim) {
-    let reqs = sim.requests();
-    assert!(reqs.is_empty(), "nothing should have been sent: {reqs:#?}");
-}
-
-/// Calls a text-producing function with a large buffer; checks the snprintf
-/// rules on success and returns the status and the text.
-fn text_call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> (c_int, String) {
-    let mut buf = vec![0x55 as c_char; 64 * 1024];
-    let rc = f(buf.as_mut_ptr(), buf.len());
-    if rc < 0 {
-        return (rc, String::new());
-    }
-    let n = rc as usize;
-    assert!(n < buf.len(), "text longer than the test buffer");
-    assert_eq!(buf[n], 0, "not NUL-terminated at the returned length");
-    let bytes: Vec<u8> = buf[..n].iter().map(|&c| c as u8).collect();
-    assert!(!bytes.contains(&0), "a NUL inside the returned length");
-    (rc, String::from_utf8(bytes).expect("UTF-8 text"))
-}
-
-/// A text call expected to succeed: the text, with an empty last error.
-#[track_caller]
-fn text_ok(f: impl FnOnce(*mut c_char, usize) -> c_int) -> String {
-    let (rc, text) = text_call(f);
-    assert!(rc >= 0, "failed: {}", last_error());
-    assert_eq!(rc as usize, text.len());
-    assert_eq!(last_error(), "");
-    text
-}
-
-fn parse(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
-}
-
-/// A port on 127.0.0.1 where nothing listens (bound, then released).
-fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// A one-shot server on 127.0.0.1 for answers the simulator never gives:
-/// it answers the first request with `status` and a JSON `body`, and hands
-/// back the request head it read.
+/// A one-shot server for answers the simulator never gives: it answers the
+/// first request with `status` and a JSON `body`, and hands back the request
+/// head it read.
 fn canned(status: u16, body: &'static str) -> (String, thread::JoinHandle<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    let handle = thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        let mut w = stream;
-        write!(
-            w,
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json; charset=utf-8\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        w.flush().unwrap();
-        head
-    });
-    (address, handle)
+    one_shot(format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
 }
+
+/// Points the default client at a [`canned`] server answering `status` with
+/// the JSON `body`, makes `call`, and checks that it fails with `want` and
+/// that HTTP status, naming `label` and never `key`. Returns the last error
+/// and the request head the server read.
+#[track_caller]
+fn fails_against_canned(
+    status: u16,
+    body: &'static str,
+    key: &str,
+    call: impl FnOnce() -> c_int,
+    want: bd_status,
+    label: &str,
+) -> (String, String) {
+    let (address, server) = canned(status, body);
+    assert_eq!(init(&address, key), 0);
+    let rc = call();
+    let err = assert_fails(rc, want, c_int::from(status), label, key);
+    (err, server.join().unwrap())
+}
+
+/// An export that writes text into `(buf, len)`.
+type TextFn = unsafe extern "C" fn(*mut c_char, usize) -> c_int;
 
 /// Collects the lines a stream delivers (through `userdata`).
 #[derive(Default)]
@@ -299,8 +130,8 @@ fn applications_state_json() {
     assert_eq!(app["appId"], 1234);
     assert_eq!(app["commit"], "7fc9c5bea8e361acd49886fe6cc1e1cd");
     assert_eq!(app["services"]["main"]["status"], "Running");
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "GET",
         "/v2/applications/state",
         Some(&key),
@@ -327,8 +158,8 @@ fn application_state_json_answers_and_failures() {
     }));
     assert_eq!(v["commit"], "7fc9c5bea8e361acd49886fe6cc1e1cd");
     assert_eq!(v["local"]["1234"]["services"]["1001"]["status"], "Running");
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "GET",
         "/v2/applications/1234/state",
         Some(&key),
@@ -354,8 +185,8 @@ fn application_state_json_answers_and_failures() {
         &key,
     );
     assert!(err.contains("Application ID does not exist: 999"), "{err}");
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "GET",
         "/v2/applications/999/state",
         Some(&key),
@@ -378,18 +209,15 @@ fn application_state_json_answers_and_failures() {
 
     // 400 (a malformed id; the library never sends one, so a canned server
     // gives the answer).
-    let (address, server) = canned(400, r#"{"status":"failed","message":"Invalid app id"}"#);
-    assert_eq!(init(&address, "cannedkey_1"), 0);
-    let (rc, _) = text_call(|b, l| unsafe { bd_application_state_json(1234, b, l) });
-    let err = assert_fails(
-        rc,
-        bd_status::BD_ERR_BAD_REQUEST,
+    let (err, head) = fails_against_canned(
         400,
-        "GET /v2/applications/1234/state",
+        r#"{"status":"failed","message":"Invalid app id"}"#,
         "cannedkey_1",
+        || text_call(|b, l| unsafe { bd_application_state_json(1234, b, l) }).0,
+        bd_status::BD_ERR_BAD_REQUEST,
+        "GET /v2/applications/1234/state",
     );
     assert!(err.contains("Invalid app id"), "{err}");
-    let head = server.join().unwrap();
     assert!(
         head.starts_with("GET /v2/applications/1234/state?apikey=cannedkey_1 HTTP/1.1\r\n"),
         "{head}"
@@ -407,13 +235,7 @@ fn state_status_json() {
     assert_eq!(v["status"], "success");
     assert_eq!(v["appState"], "applied");
     assert_eq!(v["containers"][0]["serviceName"], "main");
-    assert_request(
-        &only_request(&sim),
-        "GET",
-        "/v2/state/status",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "GET", "/v2/state/status", Some(&key), Body::Empty);
 }
 
 // ------------------------------------------------------------------ service actions
@@ -454,8 +276,8 @@ fn service_actions_by_name_send_the_exact_body() {
         for (service, force) in [("worker", false), ("main", true)] {
             assert_ok(by_name(f, 1234, service, force));
             assert_eq!(bd_last_http_status(), 200);
-            assert_request(
-                &only_request(&sim),
+            assert_sent(
+                &sim,
                 "POST",
                 &path,
                 Some(&key),
@@ -499,8 +321,8 @@ fn service_actions_by_image_id_send_the_exact_body() {
         let path = format!("/v2/applications/1234/{action}");
         for (image, force) in [(1002u32, false), (1001, true)] {
             assert_ok(f(1234, image, force));
-            assert_request(
-                &only_request(&sim),
+            assert_sent(
+                &sim,
                 "POST",
                 &path,
                 Some(&key),
@@ -529,8 +351,8 @@ fn service_actions_by_image_id_send_the_exact_body() {
         "POST /v2/applications/1234/restart-service",
         &key,
     );
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v2/applications/1234/restart-service",
         Some(&key),
@@ -559,8 +381,8 @@ fn an_unknown_service_on_a_multi_container_app_is_not_found() {
             &key,
         );
         assert!(err.contains("Service not found"), "{err}");
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &path,
             Some(&key),
@@ -588,8 +410,8 @@ fn a_single_container_app_acts_on_its_service_whatever_the_name() {
     let key = sim.api_key();
 
     assert_ok(by_name(bd_stop_service, 1234, "anything", false));
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v2/applications/1234/stop-service",
         Some(&key),
@@ -654,8 +476,8 @@ fn service_actions_are_locked_except_start() {
 
         // Force overrides the lock (and clears it).
         assert_ok(image_fn(1234, 1001, true));
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &path,
             Some(&key),
@@ -664,8 +486,8 @@ fn service_actions_are_locked_except_start() {
         assert!(!sim.state().locked);
         sim.with_state(|s| s.locked = true);
         assert_ok(by_name(name_fn, 1234, "main", true));
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &path,
             Some(&key),
@@ -711,8 +533,8 @@ fn restart_app_and_purge_app_send_force() {
 
         assert_ok(f(1234, false));
         assert_eq!(bd_last_http_status(), 200);
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &path,
             Some(&key),
@@ -727,8 +549,8 @@ fn restart_app_and_purge_app_send_force() {
         sim.with_state(|s| s.locked = true);
         let rc = f(1234, false);
         assert_fails(rc, bd_status::BD_ERR_LOCKED, 423, &label, &key);
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &path,
             Some(&key),
@@ -736,8 +558,8 @@ fn restart_app_and_purge_app_send_force() {
         );
 
         assert_ok(f(1234, true));
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "POST",
             &path,
             Some(&key),
@@ -774,30 +596,39 @@ fn restart_app_and_purge_app_send_force() {
 
 // ------------------------------------------------------------------ version, container ids, name
 
-#[test]
-fn supervisor_version() {
+/// A GET that answers one string: `first` as the simulator starts, `second`
+/// once `change` changed the device; each call is one request, the first
+/// checked to be `GET path` with the key and no body.
+fn text_get_follows_the_state(
+    get: TextFn,
+    path: &str,
+    first: &str,
+    change: impl FnOnce(&mut SimState),
+    second: &str,
+) {
     let _g = serial();
     let sim = Sim::start();
     connect(&sim);
     let key = sim.api_key();
 
-    assert_eq!(
-        text_ok(|b, l| unsafe { bd_supervisor_version(b, l) }),
-        "19.0.5"
-    );
-    assert_request(
-        &only_request(&sim),
-        "GET",
-        "/v2/version",
-        Some(&key),
-        Body::Empty,
-    );
-    sim.with_state(|s| s.supervisor_version = "v20.1.0".into());
-    assert_eq!(
-        text_ok(|b, l| unsafe { bd_supervisor_version(b, l) }),
-        "v20.1.0"
-    );
+    // SAFETY: the buffer is valid for its length.
+    assert_eq!(text_ok(|b, l| unsafe { get(b, l) }), first);
+    assert_sent(&sim, "GET", path, Some(&key), Body::Empty);
+    sim.with_state(change);
+    // SAFETY: as above.
+    assert_eq!(text_ok(|b, l| unsafe { get(b, l) }), second);
     only_request(&sim);
+}
+
+#[test]
+fn supervisor_version() {
+    text_get_follows_the_state(
+        bd_supervisor_version,
+        "/v2/version",
+        "19.0.5",
+        |s| s.supervisor_version = "v20.1.0".into(),
+        "v20.1.0",
+    );
 }
 
 #[test]
@@ -884,28 +715,13 @@ fn container_ids_json() {
 
 #[test]
 fn device_name() {
-    let _g = serial();
-    let sim = Sim::start();
-    connect(&sim);
-    let key = sim.api_key();
-
-    assert_eq!(
-        text_ok(|b, l| unsafe { bd_device_name(b, l) }),
-        "sim-device"
-    );
-    assert_request(
-        &only_request(&sim),
-        "GET",
+    text_get_follows_the_state(
+        bd_device_name,
         "/v2/device/name",
-        Some(&key),
-        Body::Empty,
+        "sim-device",
+        |s| s.device_name = "bright-star é".into(),
+        "bright-star é",
     );
-    sim.with_state(|s| s.device_name = "bright-star é".into());
-    assert_eq!(
-        text_ok(|b, l| unsafe { bd_device_name(b, l) }),
-        "bright-star é"
-    );
-    only_request(&sim);
 }
 
 // ------------------------------------------------------------------ tags
@@ -918,21 +734,15 @@ fn device_tags_get_and_set() {
     let key = sim.api_key();
 
     assert_eq!(text_ok(|b, l| unsafe { bd_device_tags_json(b, l) }), "[]");
-    assert_request(
-        &only_request(&sim),
-        "GET",
-        "/v2/device/tags",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "GET", "/v2/device/tags", Some(&key), Body::Empty);
 
     let body = r#"{"env": "prod" , "zone":"eu-1"}"#;
     let json = cstr(body);
     // SAFETY: a NUL-terminated string.
     assert_ok(unsafe { bd_set_device_tags_json(json.as_ptr()) });
     assert_eq!(bd_last_http_status(), 202);
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "PATCH",
         "/v2/device/tags",
         Some(&key),
@@ -963,8 +773,8 @@ fn device_tags_validation_and_api_down() {
         // SAFETY: a NUL-terminated string.
         let rc = unsafe { bd_set_device_tags_json(json.as_ptr()) };
         assert_fails(rc, bd_status::BD_ERR_BAD_REQUEST, 400, label, &key);
-        assert_request(
-            &only_request(&sim),
+        assert_sent(
+            &sim,
             "PATCH",
             "/v2/device/tags",
             Some(&key),
@@ -1021,13 +831,7 @@ fn vpn_status_writes_its_out_pointers_only_on_success() {
     // SAFETY (vpn calls below): valid one-byte locations.
     assert_ok(unsafe { bd_vpn_status(pe, pc) });
     assert_eq!((enabled, connected), (1, 1));
-    assert_request(
-        &only_request(&sim),
-        "GET",
-        "/v2/device/vpn",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "GET", "/v2/device/vpn", Some(&key), Body::Empty);
 
     sim.with_state(|s| s.vpn_connected = false);
     assert_ok(unsafe { bd_vpn_status(pe, pc) });
@@ -1077,31 +881,19 @@ fn cleanup_volumes() {
 
     assert_ok(bd_cleanup_volumes());
     assert_eq!(bd_last_http_status(), 200);
-    assert_request(
-        &only_request(&sim),
-        "GET",
-        "/v2/cleanup-volumes",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "GET", "/v2/cleanup-volumes", Some(&key), Body::Empty);
     assert_eq!(sim.state().actions, vec!["cleanup-volumes"]);
 
     // The documented failure: 503 JSON.
-    let (address, server) = canned(
+    let (err, head) = fails_against_canned(
         503,
         r#"{"status":"failed","message":"Cannot remove volumes: engine unreachable"}"#,
-    );
-    assert_eq!(init(&address, "cannedkey_2"), 0);
-    let rc = bd_cleanup_volumes();
-    let err = assert_fails(
-        rc,
-        bd_status::BD_ERR_SERVER,
-        503,
-        "GET /v2/cleanup-volumes",
         "cannedkey_2",
+        || bd_cleanup_volumes(),
+        bd_status::BD_ERR_SERVER,
+        "GET /v2/cleanup-volumes",
     );
     assert!(err.contains("engine unreachable"), "{err}");
-    let head = server.join().unwrap();
     assert!(
         head.starts_with("GET /v2/cleanup-volumes?apikey=cannedkey_2 HTTP/1.1\r\n"),
         "{head}"
@@ -1118,8 +910,8 @@ fn local_target_state_get_and_set() {
     let v = parse(&text_ok(|b, l| unsafe { bd_local_target_state_json(b, l) }));
     assert_eq!(v, sim.state().target_state);
     assert_eq!(v["local"]["name"], "sim-device");
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "GET",
         "/v2/local/target-state",
         Some(&key),
@@ -1139,8 +931,8 @@ fn local_target_state_get_and_set() {
         &key,
     );
     assert!(err.contains("local mode"), "{err}");
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v2/local/target-state",
         Some(&key),
@@ -1150,8 +942,8 @@ fn local_target_state_get_and_set() {
     // In local mode: accepted, sent as given, and read back.
     sim.with_state(|s| s.local_mode = true);
     assert_ok(unsafe { bd_set_local_target_state_json(json.as_ptr()) });
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v2/local/target-state",
         Some(&key),
@@ -1196,8 +988,8 @@ fn device_info_json() {
         v,
         json!({"arch": "aarch64", "deviceType": "raspberrypi4-64"})
     );
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "GET",
         "/v2/local/device-info",
         Some(&key),
@@ -1205,17 +997,14 @@ fn device_info_json() {
     );
 
     // The documented failure: 500 JSON.
-    let (address, server) = canned(500, r#"{"status":"failed","message":"no device info"}"#);
-    assert_eq!(init(&address, "cannedkey_3"), 0);
-    let (rc, _) = text_call(|b, l| unsafe { bd_device_info_json(b, l) });
-    assert_fails(
-        rc,
-        bd_status::BD_ERR_SERVER,
+    fails_against_canned(
         500,
-        "GET /v2/local/device-info",
+        r#"{"status":"failed","message":"no device info"}"#,
         "cannedkey_3",
+        || text_call(|b, l| unsafe { bd_device_info_json(b, l) }).0,
+        bd_status::BD_ERR_SERVER,
+        "GET /v2/local/device-info",
     );
-    server.join().unwrap();
 }
 
 #[test]
@@ -1223,7 +1012,6 @@ fn answers_without_the_documented_field_are_invalid_responses() {
     let _g = serial();
     clear_env();
     bd_cleanup();
-    type TextFn = unsafe extern "C" fn(*mut c_char, usize) -> c_int;
     let cases: [(TextFn, &str, &'static str); 4] = [
         (
             bd_supervisor_version,
@@ -1243,18 +1031,15 @@ fn answers_without_the_documented_field_are_invalid_responses() {
         (bd_container_ids_json, "GET /v2/containerId", r#"[1,2]"#),
     ];
     for (f, label, body) in cases {
-        let (address, server) = canned(200, body);
-        assert_eq!(init(&address, "cannedkey_4"), 0);
-        // SAFETY: the buffer is valid for its length.
-        let (rc, _) = text_call(|b, l| unsafe { f(b, l) });
-        assert_fails(
-            rc,
-            bd_status::BD_ERR_INVALID_RESPONSE,
+        fails_against_canned(
             200,
-            label,
+            body,
             "cannedkey_4",
+            // SAFETY: the buffer is valid for its length.
+            || text_call(|b, l| unsafe { f(b, l) }).0,
+            bd_status::BD_ERR_INVALID_RESPONSE,
+            label,
         );
-        server.join().unwrap();
     }
 }
 
@@ -1263,6 +1048,14 @@ fn answers_without_the_documented_field_are_invalid_responses() {
 /// A journal line in journalctl's short format, as the simulator writes it.
 fn is_short_journal_line(line: &str, n: usize) -> bool {
     line.ends_with(&format!(" device balena-supervisor[1]: line {n}")) && line.len() < 80
+}
+
+/// Each line is the next one (from 1) of the simulator's short-format journal.
+#[track_caller]
+fn assert_short_journal_lines(lines: &[String]) {
+    for (i, line) in lines.iter().enumerate() {
+        assert!(is_short_journal_line(line, i + 1), "line {i}: {line:?}");
+    }
 }
 
 #[test]
@@ -1282,11 +1075,9 @@ fn journal_logs_honour_count_and_deliver_whole_lines() {
     assert_eq!(bd_last_http_status(), 200);
     assert_eq!(sink.problem, None);
     assert_eq!(sink.lines.len(), 5, "{:#?}", sink.lines);
-    for (i, line) in sink.lines.iter().enumerate() {
-        assert!(is_short_journal_line(line, i + 1), "line {i}: {line:?}");
-    }
-    assert_request(
-        &only_request(&sim),
+    assert_short_journal_lines(&sink.lines);
+    assert_sent(
+        &sim,
         "POST",
         "/v2/journal-logs",
         Some(&key),
@@ -1308,8 +1099,8 @@ fn journal_logs_honour_count_and_deliver_whole_lines() {
         assert_eq!(v["SYSLOG_IDENTIFIER"], "openvpn");
         assert_eq!(v["_HOSTNAME"], "device");
     }
-    assert_request(
-        &only_request(&sim),
+    assert_sent(
+        &sim,
         "POST",
         "/v2/journal-logs",
         Some(&key),
@@ -1336,11 +1127,9 @@ fn journal_logs_stop_early_when_the_callback_says_so() {
     assert_ok(rc);
     assert_eq!(sink.problem, None);
     assert_eq!(sink.lines.len(), 4, "no line after the stop");
-    for (i, line) in sink.lines.iter().enumerate() {
-        assert!(is_short_journal_line(line, i + 1), "line {i}: {line:?}");
-    }
-    assert_request(
-        &only_request(&sim),
+    assert_short_journal_lines(&sink.lines);
+    assert_sent(
+        &sim,
         "POST",
         "/v2/journal-logs",
         Some(&key),
@@ -1414,13 +1203,7 @@ fn local_logs_arrive_over_time_and_stop_early() {
         t[3].duration_since(t[1])
     );
     assert!(t[1].duration_since(start) >= Duration::from_millis(100));
-    assert_request(
-        &only_request(&sim),
-        "GET",
-        "/v2/local/logs",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "GET", "/v2/local/logs", Some(&key), Body::Empty);
 
     // Stop at the first line.
     let mut sink = Lines::stopping_after(1);
@@ -1561,13 +1344,7 @@ fn state_struct_carries_every_field() {
     assert_eq!(s.download_progress, -1, "null download_progress");
     assert_eq!(s.api_port, 48484);
     assert!(!s.update_pending && !s.update_downloaded && !s.update_failed);
-    assert_request(
-        &only_request(&sim),
-        "GET",
-        "/v1/device",
-        Some(&key),
-        Body::Empty,
-    );
+    assert_sent(&sim, "GET", "/v1/device", Some(&key), Body::Empty);
 
     // The documentation's example, with every field set.
     sim.with_state(|st| {
@@ -1748,7 +1525,7 @@ fn wait_for_supervisor_returns_at_once_when_it_is_up() {
     assert_ok(bd_wait_for_supervisor(5000));
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(bd_last_http_status(), 200);
-    assert_request(&only_request(&sim), "GET", "/ping", None, Body::Empty);
+    assert_sent(&sim, "GET", "/ping", None, Body::Empty);
 
     assert_invalid(bd_wait_for_supervisor(0));
     assert_nothing_sent(&sim);
@@ -1825,11 +1602,11 @@ fn set_lock_path(path: &Path) -> c_int {
     unsafe { bd_set_update_lock_path(p.as_ptr()) }
 }
 
-/// `flock -n <path> true` in a second process: its exit code (1 while
-/// another process holds an exclusive flock on the file).
-fn flock_from_another_process(path: &Path) -> i32 {
+/// `flock <options> <path> true` in a second process: its exit code (1
+/// while this or another process holds a conflicting flock on the file).
+fn flock_in_another_process(options: &[&str], path: &Path) -> i32 {
     Command::new("flock")
-        .arg("-n")
+        .args(options)
         .arg(path)
         .arg("true")
         .status()
@@ -1838,18 +1615,16 @@ fn flock_from_another_process(path: &Path) -> i32 {
         .expect("flock exited")
 }
 
+/// `flock -n <path> true` in a second process: its exit code (1 while
+/// another process holds an exclusive flock on the file).
+fn flock_from_another_process(path: &Path) -> i32 {
+    flock_in_another_process(&["-n"], path)
+}
+
 /// `flock -s -n <path> true` in a second process: even a shared flock must
 /// be refused while this process holds its exclusive one.
 fn shared_flock_from_another_process(path: &Path) -> i32 {
-    Command::new("flock")
-        .arg("-s")
-        .arg("-n")
-        .arg(path)
-        .arg("true")
-        .status()
-        .expect("flock(1) runs")
-        .code()
-        .expect("flock exited")
+    flock_in_another_process(&["-s", "-n"], path)
 }
 
 /// `test -e <path>` in a second process.

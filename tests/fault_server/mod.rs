@@ -499,14 +499,6 @@ impl Drop for FaultServer {
     }
 }
 
-/// A port on 127.0.0.1 that nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    let port = l.local_addr().expect("local address").port();
-    drop(l);
-    port
-}
-
 /// `(VmRSS, VmHWM)` of this process in KiB, from /proc/self/status.
 pub fn memory_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

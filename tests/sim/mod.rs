@@ -7,10 +7,10 @@
 //! request, so tests can check both what the client sent and how it copes
 //! with every answer.
 //!
-//! Used by the Rust integration tests (`mod sim;`), by
-//! `examples/simulator.rs` (a standalone server for C / Python tests and for
-//! offline development) and, through its `/_sim/*` control routes, by
-//! anything that speaks HTTP.
+//! Used by the Rust integration tests (`mod sim;`, with the assertions on
+//! the recording in [`check`]), by `examples/simulator.rs` (a standalone
+//! server for C / Python tests and for offline development) and, through its
+//! `/_sim/*` control routes, by anything that speaks HTTP.
 //!
 //! Control routes (no key, never recorded, never stalled):
 //! - `GET /_sim/requests`: recorded requests, as a JSON array
@@ -19,6 +19,7 @@
 //! - `GET /_sim/state`: flags, key, apps, counters
 //! - `POST /_sim/state`: JSON object of fields to set (see `routes::apply_state`)
 
+pub mod check;
 mod http;
 mod routes;
 
