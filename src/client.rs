@@ -5,15 +5,16 @@
 use std::cell::Cell;
 use std::io::{ErrorKind as IoKind, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{NextTimeout, TcpConnector};
+use ureq::unversioned::transport::NextTimeout;
 
 use crate::config::{Address, Config, DEFAULT_TIMEOUT_MS};
 use crate::error::{Error, ErrorKind, Result};
+
+mod tcp;
 
 /// Largest response body accepted (4 MiB). A larger one is
 /// [`ErrorKind::TooLarge`]; reading stops at the cap, so memory stays bounded.
@@ -135,7 +136,7 @@ pub struct Response {
     pub status: u16,
     /// Body bytes.
     pub body: Vec<u8>,
-    /// The `Location` header, if any (for messages about redirects).
+    /// The `Location` header of a redirect (3xx), if any, for its message.
     pub location: Option<String>,
 }
 
@@ -152,44 +153,127 @@ pub fn percent_encode(text: &str) -> String {
     out
 }
 
-/// Resolves a host given as an IP address at once, and leaves a host name to
-/// ureq's resolver. ureq resolves the host before every request, a pooled
-/// connection or not, and its resolver looks names up on a new thread
-/// whenever the request has a deadline (every request here has one): without
-/// this, every call would start and join a thread.
+/// Resolves the client's address once when its host is an IP address, and
+/// leaves a host name to ureq's resolver. ureq resolves the host before every
+/// request, a pooled connection or not, and its resolver looks names up on a
+/// new thread whenever the request has a deadline (every request here has
+/// one): without this, every call would start and join a thread. The agent
+/// only ever requests the client's own address (no proxy, no redirects).
 #[derive(Debug)]
-struct LiteralResolver;
+struct AddressResolver {
+    literal: Option<SocketAddr>,
+}
 
-impl Resolver for LiteralResolver {
+impl AddressResolver {
+    fn new(address: &Address) -> AddressResolver {
+        let ip = address
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>();
+        AddressResolver {
+            literal: ip.ok().map(|ip| SocketAddr::new(ip, address.port())),
+        }
+    }
+}
+
+impl Resolver for AddressResolver {
     fn resolve(
         &self,
         uri: &ureq::http::Uri,
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
-        let literal = uri.host().and_then(|h| {
-            h.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .ok()
-        });
-        match (literal, uri.scheme_str()) {
-            (Some(ip), Some("http")) => {
-                let mut addrs = self.empty();
-                addrs.push(SocketAddr::new(ip, uri.port_u16().unwrap_or(80)));
+        match self.literal {
+            Some(addr) => {
+                let mut addrs = ResolvedSocketAddrs::from_fn(|_| addr);
+                addrs.push(addr);
                 Ok(addrs)
             }
-            _ => DefaultResolver::default().resolve(uri, config, timeout),
+            None => DefaultResolver::default().resolve(uri, config, timeout),
         }
+    }
+}
+
+/// What a call uses: replaced whole when the key or the timeout changes, so
+/// that a call takes one consistent snapshot with one lock.
+struct Settings {
+    key: Arc<str>,
+    /// The key, percent-encoded for the query.
+    encoded_key: String,
+    timeout_ms: u32,
+    /// Its configuration bounds a whole request by `timeout_ms`, so a call
+    /// with the client's timeout needs no configuration of its own.
+    agent: ureq::Agent,
+}
+
+impl Settings {
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.timeout_ms))
+    }
+
+    fn with_key(&self, key: &str) -> Settings {
+        Settings {
+            key: Arc::from(key),
+            encoded_key: percent_encode(key),
+            timeout_ms: self.timeout_ms,
+            agent: self.agent.clone(),
+        }
+    }
+}
+
+/// How one request is bounded in time.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// The agent's: the client's timeout over the whole request.
+    Agent,
+    /// This long over the whole request.
+    Within(Duration),
+    /// No overall deadline, but this long at most to connect, for the head of
+    /// the answer and for each read (streams).
+    Stalls(Duration),
+}
+
+/// An agent for `address` whose every request must be complete within
+/// `timeout_ms`. Its idle connections are its own: a new agent starts with an
+/// empty pool.
+fn agent(address: &Address, timeout_ms: u32) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
+        // Never the environment's proxy: the supervisor is on the device.
+        .proxy(None)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .max_idle_connections(32)
+        .max_idle_connections_per_host(32)
+        .max_idle_age(MAX_IDLE_REUSE)
+        .timeout_global(Some(Duration::from_millis(u64::from(timeout_ms))))
+        .user_agent(concat!("balena_device/", env!("CARGO_PKG_VERSION")))
+        .build();
+    // Plain TCP only: ureq's default chain adds proxy and TLS connectors,
+    // which an http:// address with the proxy off never uses.
+    ureq::Agent::with_parts(config, tcp::PlainTcp, AddressResolver::new(address))
+}
+
+/// `builder` bounded by `limit`.
+fn limited<B>(builder: ureq::RequestBuilder<B>, limit: Limit) -> ureq::RequestBuilder<B> {
+    match limit {
+        Limit::Agent => builder,
+        Limit::Within(all) => builder.config().timeout_global(Some(all)).build(),
+        Limit::Stalls(each) => builder
+            .config()
+            .timeout_global(None)
+            .timeout_connect(Some(each))
+            .timeout_recv_response(Some(each))
+            .timeout_per_read(Some(each))
+            .build(),
     }
 }
 
 /// A client of one supervisor. Cheap to share between threads (`Arc`).
 pub struct Client {
     address: Address,
-    api_key: RwLock<Arc<str>>,
-    timeout_ms: AtomicU32,
-    agent: ureq::Agent,
+    settings: RwLock<Arc<Settings>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -205,25 +289,15 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client for `config` with the default timeout.
     pub fn new(config: Config) -> Client {
-        let http = ureq::Agent::config_builder()
-            // Never the environment's proxy: the supervisor is on the device.
-            .proxy(None)
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            .max_idle_connections(32)
-            .max_idle_connections_per_host(32)
-            .max_idle_age(MAX_IDLE_REUSE)
-            .user_agent(concat!("balena_device/", env!("CARGO_PKG_VERSION")))
-            .build();
-        // Plain TCP only: ureq's default chain adds proxy and TLS connectors,
-        // which an http:// address with the proxy off never uses.
-        let agent = ureq::Agent::with_parts(http, TcpConnector::default(), LiteralResolver);
+        let settings = Settings {
+            key: Arc::from(config.api_key.as_str()),
+            encoded_key: percent_encode(&config.api_key),
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            agent: agent(&config.address, DEFAULT_TIMEOUT_MS),
+        };
         Client {
             address: config.address,
-            api_key: RwLock::new(Arc::from(config.api_key.as_str())),
-            timeout_ms: AtomicU32::new(DEFAULT_TIMEOUT_MS),
-            agent,
+            settings: RwLock::new(Arc::new(settings)),
         }
     }
 
@@ -232,33 +306,55 @@ impl Client {
         &self.address
     }
 
-    /// The deadline of one request, in milliseconds.
-    pub fn timeout_ms(&self) -> u32 {
-        self.timeout_ms.load(Ordering::Relaxed)
-    }
-
-    /// Set the deadline of one whole request (connect, send, receive).
-    pub fn set_timeout_ms(&self, ms: u32) -> Result<()> {
-        if ms == 0 {
-            return Err(Error::invalid("a timeout of 0 ms is not allowed"));
-        }
-        self.timeout_ms.store(ms, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn timeout(&self) -> Duration {
-        Duration::from_millis(u64::from(self.timeout_ms()))
-    }
-
-    pub(crate) fn api_key(&self) -> Arc<str> {
-        self.api_key
+    fn settings(&self) -> Arc<Settings> {
+        self.settings
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
+    fn change_settings(&self, change: impl FnOnce(&Settings) -> Option<Settings>) {
+        let mut slot = self.settings.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(new) = change(&slot) {
+            *slot = Arc::new(new);
+        }
+    }
+
+    /// The deadline of one request, in milliseconds.
+    pub fn timeout_ms(&self) -> u32 {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .timeout_ms
+    }
+
+    /// Set the deadline of one whole request (connect, send, receive). A
+    /// new timeout starts a new pool of connections.
+    pub fn set_timeout_ms(&self, ms: u32) -> Result<()> {
+        if ms == 0 {
+            return Err(Error::invalid("a timeout of 0 ms is not allowed"));
+        }
+        self.change_settings(|s| {
+            (s.timeout_ms != ms).then(|| Settings {
+                key: s.key.clone(),
+                encoded_key: s.encoded_key.clone(),
+                timeout_ms: ms,
+                agent: agent(&self.address, ms),
+            })
+        });
+        Ok(())
+    }
+
+    pub(crate) fn api_key(&self) -> Arc<str> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .key
+            .clone()
+    }
+
     pub(crate) fn set_api_key(&self, key: &str) {
-        *self.api_key.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(key);
+        self.change_settings(|s| Some(s.with_key(key)));
     }
 
     /// Replace every occurrence of the API key (plain or percent-encoded) in
@@ -267,47 +363,35 @@ impl Client {
         scrub_key(text, &self.api_key())
     }
 
-    fn url(&self, req: &Request<'_>, key: &str) -> String {
-        let mut url = String::with_capacity(self.address.base().len() + req.path.len() + 48);
-        url.push_str(self.address.base());
+    fn url(&self, req: &Request<'_>, s: &Settings) -> String {
+        let base = self.address.base();
+        let mut url = String::with_capacity(base.len() + req.path.len() + 9 + s.encoded_key.len());
+        url.push_str(base);
         url.push_str(req.path);
         if req.with_key {
             url.push(if req.path.contains('?') { '&' } else { '?' });
             url.push_str("apikey=");
-            url.push_str(&percent_encode(key));
+            url.push_str(&s.encoded_key);
         }
         url
     }
 
     fn start(
         &self,
+        s: &Settings,
         req: &Request<'_>,
-        key: &str,
-        per_read: Option<Duration>,
-        deadline: Option<Instant>,
+        limit: Limit,
     ) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        let url = self.url(req, key);
-        let global = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let timeout = global.unwrap_or_else(|| self.timeout());
-        macro_rules! configure {
-            ($builder:expr) => {
-                $builder
-                    .config()
-                    .timeout_global(global)
-                    .timeout_connect(Some(timeout))
-                    .timeout_recv_response(Some(timeout))
-                    .timeout_per_read(per_read)
-                    .build()
-            };
-        }
+        let url = self.url(req, s);
+        let agent = &s.agent;
         match (req.method, req.json) {
-            (Method::Get, _) => configure!(self.agent.get(&url)).call(),
-            (Method::Post, None) => configure!(self.agent.post(&url)).send_empty(),
-            (Method::Patch, None) => configure!(self.agent.patch(&url)).send_empty(),
-            (Method::Post, Some(body)) => configure!(self.agent.post(&url))
+            (Method::Get, _) => limited(agent.get(&url), limit).call(),
+            (Method::Post, None) => limited(agent.post(&url), limit).send_empty(),
+            (Method::Patch, None) => limited(agent.patch(&url), limit).send_empty(),
+            (Method::Post, Some(body)) => limited(agent.post(&url), limit)
                 .header("Content-Type", "application/json")
                 .send(body),
-            (Method::Patch, Some(body)) => configure!(self.agent.patch(&url))
+            (Method::Patch, Some(body)) => limited(agent.patch(&url), limit)
                 .header("Content-Type", "application/json")
                 .send(body),
         }
@@ -317,33 +401,47 @@ impl Client {
     /// fails because a pooled connection turned out closed is sent once more on
     /// a fresh connection; a POST or PATCH is never sent twice.
     pub fn send(&self, req: &Request<'_>) -> Result<Response> {
-        self.send_within(req, self.timeout())
+        let s = self.settings();
+        self.send_in(&s, req, None)
     }
 
     /// [`Client::send`] with a deadline of `timeout` instead of the client's.
     pub fn send_within(&self, req: &Request<'_>, timeout: Duration) -> Result<Response> {
-        let key = self.api_key();
-        let deadline = Instant::now() + timeout;
+        let s = self.settings();
+        self.send_in(&s, req, Some(timeout))
+    }
+
+    fn send_in(
+        &self,
+        s: &Settings,
+        req: &Request<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<Response> {
+        let deadline = Instant::now() + timeout.unwrap_or_else(|| s.timeout());
+        let mut limit = match timeout {
+            Some(t) if t != s.timeout() => Limit::Within(t),
+            _ => Limit::Agent,
+        };
         let mut attempt = 0;
         let mut response = loop {
             attempt += 1;
-            match self.start(req, &key, None, Some(deadline)) {
+            match self.start(s, req, limit) {
                 Ok(r) => break r,
                 Err(e)
                     if attempt == 1
                         && req.method == Method::Get
                         && is_stale_connection(&e)
-                        && Instant::now() < deadline => {}
-                Err(e) => return Err(self.transport_error(req, e, &key)),
+                        && Instant::now() < deadline =>
+                {
+                    // The second attempt gets only what is left of the deadline.
+                    limit = Limit::Within(deadline.saturating_duration_since(Instant::now()));
+                }
+                Err(e) => return Err(self.transport_error(s, req, e)),
             }
         };
         let status = response.status().as_u16();
         record_status(status);
-        let location = response
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let location = location(&response);
         // Sized from Content-Length (within the cap) so the body is read in
         // one go instead of through a growing buffer.
         let expected = response.body().content_length().unwrap_or(0);
@@ -355,7 +453,7 @@ impl Client {
             .reader()
             .read_to_end(&mut body)
             .map_err(|e| {
-                self.transport_error(req, ureq::Error::from(e), &key)
+                self.transport_error(s, req, ureq::Error::from(e))
                     .with_http_status(status)
             })?;
         Ok(Response {
@@ -375,10 +473,10 @@ impl Client {
         req: &Request<'_>,
         on_line: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<()> {
-        let key = self.api_key();
+        let s = self.settings();
         let mut response = self
-            .start(req, &key, Some(self.timeout()), None)
-            .map_err(|e| self.transport_error(req, e, &key))?;
+            .start(&s, req, Limit::Stalls(s.timeout()))
+            .map_err(|e| self.transport_error(&s, req, e))?;
         let status = response.status().as_u16();
         record_status(status);
         if status != 200 {
@@ -388,11 +486,7 @@ impl Client {
                 .limit(MAX_BODY_BYTES)
                 .read_to_vec()
                 .unwrap_or_default();
-            let location = response
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let location = location(&response);
             return Err(self.status_error(
                 req,
                 &Response {
@@ -415,9 +509,7 @@ impl Client {
                         Some(Err(other)) => ureq::Error::Io(std::io::Error::other(other)),
                         None => ureq::Error::Io(std::io::Error::from(IoKind::Other)),
                     };
-                    return Err(self
-                        .transport_error(req, err, &key)
-                        .with_http_status(status));
+                    return Err(self.transport_error(&s, req, err).with_http_status(status));
                 }
             };
             if n == 0 {
@@ -494,14 +586,14 @@ impl Client {
         Error::new(kind, self.scrub(&msg)).with_http_status(resp.status)
     }
 
-    fn transport_error(&self, req: &Request<'_>, err: ureq::Error, key: &str) -> Error {
+    fn transport_error(&self, s: &Settings, req: &Request<'_>, err: ureq::Error) -> Error {
         let target = self.address.base();
         let (kind, what) = match &err {
             ureq::Error::Timeout(_) => (
                 ErrorKind::Timeout,
                 format!(
                     "no complete answer from {target} within the {} ms timeout",
-                    self.timeout_ms()
+                    s.timeout_ms
                 ),
             ),
             ureq::Error::HostNotFound => (
@@ -529,7 +621,7 @@ impl Client {
                     ErrorKind::Timeout,
                     format!(
                         "no complete answer from {target} within the {} ms timeout",
-                        self.timeout_ms()
+                        s.timeout_ms
                     ),
                 ),
                 _ => (
@@ -546,8 +638,20 @@ impl Client {
                 format!("the request to {target} failed ({other})"),
             ),
         };
-        Error::new(kind, scrub_key(&format!("{}: {}", req.label(), what), key))
+        Error::new(
+            kind,
+            scrub_key(&format!("{}: {}", req.label(), what), &s.key),
+        )
     }
+}
+
+/// The `Location` of a redirect (no other answer needs it).
+fn location(response: &ureq::http::Response<ureq::Body>) -> Option<String> {
+    if !response.status().is_redirection() {
+        return None;
+    }
+    let value = response.headers().get(ureq::http::header::LOCATION)?;
+    value.to_str().ok().map(str::to_string)
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
