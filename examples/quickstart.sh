@@ -25,3 +25,9 @@ cat "$exports"
 . "$exports"
 echo "\$ target/release/device_status"
 target/release/device_status
+
+# Make the simulator hold an update lock, then ask for a reboot.
+python3 -c 'import os, urllib.request as u; u.urlopen(u.Request(os.environ["BALENA_SUPERVISOR_ADDRESS"] + "/_sim/state", data=b"{\"locked\":true}", method="POST")).read()'
+echo
+echo "\$ target/release/device_status --reboot      # while an update lock is held"
+target/release/device_status --reboot >/dev/null || echo "(exit status $?)"
