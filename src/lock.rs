@@ -175,8 +175,3 @@ pub fn updates_locked() -> Result<bool> {
         Err(e) => Err(io_error("cannot check the update lock", &path, e)),
     }
 }
-
-/// Whether this process holds the lock now.
-pub fn holds_lock() -> bool {
-    state().held.is_some()
-}

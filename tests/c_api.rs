@@ -711,3 +711,60 @@ fn examples_compile_and_run_against_simulator() {
     );
     assert!(!f.stderr.contains("WrongKey123"));
 }
+
+/// The static library, linked the way a firmware build would link it: the
+/// archive plus the system libraries Rust's standard library needs (what
+/// `rustc --print native-static-libs` lists). The program must not need the
+/// shared library at run time.
+#[test]
+fn c_example_links_statically() {
+    let dir = work_dir("static");
+    let archive = built_cdylib().with_file_name("libbalena_device.a");
+    assert!(archive.is_file(), "{} missing", archive.display());
+    let out = dir.join("device_status_static");
+    let mut cmd = Command::new(cc());
+    cmd.args(STRICT_C)
+        .arg("-I")
+        .arg(manifest_dir().join("include"))
+        .arg(manifest_dir().join("examples/c/device_status.c"))
+        .arg(&archive)
+        .args([
+            "-lgcc_s",
+            "-lutil",
+            "-lrt",
+            "-lpthread",
+            "-lm",
+            "-ldl",
+            "-lc",
+        ])
+        .arg("-o")
+        .arg(&out);
+    let output = cmd.output().expect("cannot run the C compiler");
+    assert!(
+        output.status.success(),
+        "static link failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let binary = std::fs::read(&out).expect("read the program");
+    assert!(
+        !binary
+            .windows(b"libbalena_device.so".len())
+            .any(|w| w == b"libbalena_device.so"),
+        "the statically linked program still refers to libbalena_device.so"
+    );
+
+    let sim = sim::Sim::start();
+    let mut run_it = Command::new(&out);
+    sim_env(&mut run_it, &sim);
+    let f = run(run_it, Duration::from_secs(60));
+    assert_eq!(f.status.code(), Some(0), "{}", f.stderr);
+    let commit = sim.state().device["commit"]
+        .as_str()
+        .expect("the simulator has a commit")
+        .to_string();
+    assert!(f.stdout.contains(&commit), "{}", f.stdout);
+    assert_eq!(
+        sim.requests().first().map(|r| r.path.clone()),
+        Some("/v1/device".to_string())
+    );
+}
