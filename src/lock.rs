@@ -24,9 +24,32 @@ struct Held {
     ino: u64,
 }
 
+impl Held {
+    /// Whether `path` still names the file this process created.
+    fn still_at(&self, path: &Path) -> bool {
+        matches!(std::fs::symlink_metadata(path), Ok(m) if m.dev() == self.dev && m.ino() == self.ino)
+    }
+}
+
 struct LockState {
     path: PathBuf,
     held: Option<Held>,
+}
+
+impl LockState {
+    /// Whether this process still holds the lock. A held lock whose file is
+    /// gone or replaced (a forced supervisor action deletes lock files) is
+    /// forgot here, which closes its file and so releases its `flock`.
+    fn holds(&mut self) -> bool {
+        match &self.held {
+            Some(held) if held.still_at(&self.path) => true,
+            Some(_) => {
+                self.held = None;
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 static STATE: Lazy<Mutex<LockState>> = Lazy::new(|| {
@@ -50,7 +73,8 @@ pub fn lock_path() -> PathBuf {
 }
 
 /// Use `path` for the lock file (`None`: the default). Refused with
-/// [`ErrorKind::Locked`] while this process holds the lock, and with
+/// [`ErrorKind::Locked`] while this process holds the lock (its file still
+/// there), and with
 /// [`ErrorKind::InvalidArgument`] for an empty or relative path.
 pub fn set_lock_path(path: Option<&str>) -> Result<()> {
     let new = match path {
@@ -69,7 +93,7 @@ pub fn set_lock_path(path: Option<&str>) -> Result<()> {
         Some(p) => PathBuf::from(p),
     };
     let mut st = state();
-    if st.held.is_some() {
+    if st.holds() {
         return Err(Error::new(
             ErrorKind::Locked,
             format!(
@@ -84,11 +108,13 @@ pub fn set_lock_path(path: Option<&str>) -> Result<()> {
 
 /// Take the update lock: create the file exclusively (parent directories as
 /// needed) and hold an exclusive `flock` on it. A file already present (also
-/// one this process holds) is [`ErrorKind::Locked`].
+/// one this process holds) is [`ErrorKind::Locked`]. A lock this process held
+/// whose file was deleted meanwhile (by a forced supervisor action) no longer
+/// counts: the file is created anew.
 pub fn lock_updates() -> Result<()> {
     let mut st = state();
     let path = st.path.clone();
-    if st.held.is_some() {
+    if st.holds() {
         return Err(Error::new(
             ErrorKind::Locked,
             format!(
@@ -132,14 +158,25 @@ pub fn lock_updates() -> Result<()> {
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();
         let _ = std::fs::remove_file(&path);
-        return Err(Error::new(
-            ErrorKind::Locked,
-            format!("cannot flock the update lock {}: {e}", path.display()),
-        ));
+        return Err(if e.kind() == io::ErrorKind::WouldBlock {
+            Error::new(
+                ErrorKind::Locked,
+                format!(
+                    "the update lock {} is flocked by another process",
+                    path.display()
+                ),
+            )
+        } else {
+            io_error("cannot flock the update lock", &path, e)
+        });
     }
-    let meta = file
-        .metadata()
-        .map_err(|e| io_error("cannot stat the update lock", &path, e))?;
+    let meta = match file.metadata() {
+        Ok(meta) => meta,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(io_error("cannot stat the update lock", &path, e));
+        }
+    };
     st.held = Some(Held {
         dev: meta.dev(),
         ino: meta.ino(),
@@ -157,13 +194,16 @@ pub fn unlock_updates() -> Result<()> {
     let Some(held) = st.held.take() else {
         return Ok(());
     };
-    let result = match std::fs::symlink_metadata(&st.path) {
-        Ok(m) if m.dev() == held.dev && m.ino() == held.ino => std::fs::remove_file(&st.path)
-            .map_err(|e| io_error("cannot remove the update lock", &st.path, e)),
-        _ => Ok(()),
-    };
+    if held.still_at(&st.path) {
+        if let Err(e) = std::fs::remove_file(&st.path) {
+            let err = io_error("cannot remove the update lock", &st.path, e);
+            // The file stays, so the lock stays held, flock included.
+            st.held = Some(held);
+            return Err(err);
+        }
+    }
     drop(held.file); // closes the fd, which releases the flock
-    result
+    Ok(())
 }
 
 /// Whether the lock file exists now (whoever made it).

@@ -1753,6 +1753,38 @@ fn unlock_leaves_a_file_that_someone_else_put_there() {
 }
 
 #[test]
+fn the_lock_is_taken_again_after_a_forced_action_deleted_its_file() {
+    let _g = serial();
+    let (dir, path) = lock_test_setup("forced");
+
+    assert_ok(bd_lock_updates());
+    // A forced supervisor action deletes the app's lock files.
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(bd_updates_locked(), 0);
+
+    // Nothing protects the app now: taking the lock again must work, with
+    // both mechanisms, and the path may change meanwhile too.
+    let other = dir.join("other.lock");
+    let other_c = cstr(other.to_str().unwrap());
+    // SAFETY: a NUL-terminated string.
+    assert_ok(unsafe { bd_set_update_lock_path(other_c.as_ptr()) });
+    let path_c = cstr(path.to_str().unwrap());
+    // SAFETY: a NUL-terminated string.
+    assert_ok(unsafe { bd_set_update_lock_path(path_c.as_ptr()) });
+    assert_ok(bd_lock_updates());
+    assert!(path.exists());
+    assert_eq!(bd_updates_locked(), 1);
+    assert_eq!(flock_from_another_process(&path), 1, "flock held again");
+    let rc = bd_lock_updates();
+    assert_eq!(rc, code(bd_status::BD_ERR_LOCKED), "{}", last_error());
+
+    assert_ok(bd_unlock_updates());
+    assert!(!path.exists());
+    assert_eq!(flock_from_another_process(&path), 0);
+    lock_test_teardown(&dir);
+}
+
+#[test]
 fn update_lock_path_validation() {
     let _g = serial();
     let (dir, path) = lock_test_setup("paths");
