@@ -1,10 +1,30 @@
 /*
  * balena_device: a C client of the balena Supervisor device API.
  *
- * Every function may be called from any thread. Functions returning int
- * return BD_OK (0) or a negative bd_status; text goes out snprintf-style
- * into (char *buf, size_t len). The library never hands out memory that
- * the caller must free. See README.md.
+ * Conventions (every function):
+ * - May be called from any thread, concurrently, at any time.
+ * - Functions returning int return BD_OK (0) or a negative bd_status on
+ *   failure; text functions return the full length of the text, and
+ *   bd_healthy / bd_updates_locked return 1 or 0.
+ * - Text goes out snprintf-style into (char *buf, size_t len): at most
+ *   len - 1 bytes and always a NUL when len > 0 (also on failure); buf may be
+ *   NULL only with len == 0 (a size query). The library never hands out
+ *   memory that the caller must free. Out-pointers are written only on
+ *   success.
+ * - Bad input (NULL where not allowed, not UTF-8, control characters, JSON
+ *   that is not an object) is BD_ERR_INVALID_ARGUMENT and sends nothing.
+ * - bd_last_error() says what failed on this thread; bd_last_http_status()
+ *   gives the last HTTP status received.
+ *
+ * Every function that talks to the supervisor uses the process-wide default
+ * client (created from the environment on first use), blocks at most the
+ * timeout (bd_set_timeout_ms, default 30 s; a log stream has no overall
+ * deadline but fails after a stall of the timeout), and besides the errors
+ * its own
+ * comment names can fail with: BD_ERR_NOT_CONFIGURED, BD_ERR_CONNECT,
+ * BD_ERR_TIMEOUT, BD_ERR_IO, BD_ERR_UNAUTHORIZED (401), BD_ERR_SERVER (5xx),
+ * BD_ERR_HTTP (other statuses, redirects), BD_ERR_TOO_LARGE and
+ * BD_ERR_INTERNAL. See README.md.
  */
 
 #ifndef BALENA_DEVICE_H
@@ -285,7 +305,10 @@ int bd_restart(uint32_t app_id);
 /**
  * `POST /v1/regenerate-api-key`. Writes the new key into `(buf, len)`
  * snprintf-style and returns its full length; the default client uses the
- * new key at once (the old one is rejected by the supervisor). Errors:
+ * new key at once (the old one is rejected by the supervisor). Every call
+ * regenerates the key, a size query `(NULL, 0)` too: pass a buffer of at
+ * least 65 bytes, or the caller never sees the whole new key (the library
+ * still uses it). Errors:
  * `BD_ERR_INVALID_ARGUMENT` (`buf` NULL with `len` > 0; nothing sent),
  * `BD_ERR_INVALID_RESPONSE` (the answer is not a key).
  *

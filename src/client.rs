@@ -130,7 +130,7 @@ impl<'a> Request<'a> {
 }
 
 /// A response whose body was read whole (within [`MAX_BODY_BYTES`]).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Response {
     /// HTTP status.
     pub status: u16,
@@ -138,6 +138,17 @@ pub struct Response {
     pub body: Vec<u8>,
     /// The `Location` header of a redirect (3xx), if any, for its message.
     pub location: Option<String>,
+}
+
+impl std::fmt::Debug for Response {
+    /// Without the body: it may hold a key (`/v1/regenerate-api-key`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .field("location", &self.location)
+            .finish()
+    }
 }
 
 /// Percent-encode everything but RFC 3986's unreserved characters.
@@ -190,8 +201,19 @@ impl Resolver for AddressResolver {
                 addrs.push(addr);
                 Ok(addrs)
             }
-            None => DefaultResolver::default().resolve(uri, config, timeout),
+            None => DefaultResolver::default()
+                .resolve(uri, config, timeout)
+                .map_err(lookup_failure),
         }
+    }
+}
+
+/// A name that does not resolve is a wrong address (ureq's resolver gives it
+/// as an I/O error), not a connection that broke.
+fn lookup_failure(e: ureq::Error) -> ureq::Error {
+    match e {
+        ureq::Error::Io(_) => ureq::Error::HostNotFound,
+        other => other,
     }
 }
 
@@ -263,7 +285,9 @@ fn limited<B>(builder: ureq::RequestBuilder<B>, limit: Limit) -> ureq::RequestBu
         Limit::Stalls(each) => builder
             .config()
             .timeout_global(None)
+            .timeout_resolve(Some(each))
             .timeout_connect(Some(each))
+            .timeout_per_write(Some(each))
             .timeout_recv_response(Some(each))
             .timeout_per_read(Some(each))
             .build(),
@@ -764,6 +788,21 @@ mod tests {
     fn encoding_and_scrubbing() {
         assert_eq!(percent_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
         assert_eq!(scrub_key("x k+y x k%2By", "k+y"), "x <api key> x <api key>");
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_is_a_connect_error() {
+        let lookup = std::io::Error::other("failed to lookup address information");
+        let mapped = lookup_failure(ureq::Error::Io(lookup));
+        assert!(matches!(mapped, ureq::Error::HostNotFound), "{mapped:?}");
+        let timeout = lookup_failure(ureq::Error::Timeout(ureq::Timeout::Resolve));
+        assert!(matches!(timeout, ureq::Error::Timeout(_)), "{timeout:?}");
+
+        let config = Config::new(Some("http://device.local:48484"), Some("k")).unwrap();
+        let client = Client::new(config);
+        let err = client.transport_error(&client.settings(), &Request::get("/ping"), mapped);
+        assert_eq!(err.kind(), ErrorKind::Connect, "{err:?}");
+        assert!(err.message().contains("resolve"), "{err:?}");
     }
 
     #[test]

@@ -805,6 +805,22 @@ fn bad_arguments_are_invalid_even_when_nothing_is_configured() {
                 bd_journal_logs(ptr::null(), None, ptr::null_mut()),
             ),
             (
+                "bd_set_host_config_json({)",
+                bd_set_host_config_json(c"{".as_ptr()),
+            ),
+            (
+                "bd_set_device_tags_json([1])",
+                bd_set_device_tags_json(c"[1]".as_ptr()),
+            ),
+            (
+                "bd_set_local_target_state_json(\"x\")",
+                bd_set_local_target_state_json(c"\"x\"".as_ptr()),
+            ),
+            (
+                "bd_journal_logs(options 1)",
+                bd_journal_logs(c"1".as_ptr(), Some(stop_at_first_line), ptr::null_mut()),
+            ),
+            (
                 "bd_journal_logs(cb NULL)",
                 bd_journal_logs(c"{}".as_ptr(), None, ptr::null_mut()),
             ),

@@ -9,7 +9,8 @@ mod fault_server;
 mod sim;
 mod support;
 
-use std::ffi::{c_char, c_int, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::ptr;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -727,4 +728,35 @@ fn redirect_to_another_host_is_not_followed() {
     assert_eq!(reqs.len(), 2);
     assert_request(&reqs[0], "GET", "/v1/device");
     assert_request(&reqs[1], "POST", "/v1/reboot");
+}
+
+/// A supervisor that accepts but never reads: a stream whose request body
+/// cannot be sent must still give up after the timeout (a stream has no
+/// overall deadline, but neither sending nor any single read may stall).
+#[test]
+fn stream_request_that_cannot_be_sent_times_out() {
+    let _g = serial();
+    let srv = FaultServer::start(|c: &mut Conn| {
+        // Never reads a byte.
+        c.pause(Duration::from_secs(30));
+    });
+    setup(&srv.address(), KEY, 500);
+
+    // Far more than the socket buffers of both ends hold.
+    let options = format!(r#"{{"count":1,"pad":"{}"}}"#, "x".repeat(8 << 20));
+    let options = CString::new(options).unwrap();
+    // SAFETY: a valid JSON string and a callback that is never called.
+    let (rc, took) =
+        timed(|| unsafe { bd_journal_logs(options.as_ptr(), Some(never_called), ptr::null_mut()) });
+    assert_eq!(rc, TIMEOUT, "{}", last_error());
+    assert_within(took, 500, "journal request that cannot be sent");
+    assert!(
+        srv.connections() >= 1,
+        "the request must have reached the server"
+    );
+}
+
+/// Stops the stream at once; the server never answers, so it is not called.
+unsafe extern "C" fn never_called(_: *const c_char, _: usize, _: *mut c_void) -> c_int {
+    1
 }

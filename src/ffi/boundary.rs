@@ -231,6 +231,19 @@ pub unsafe fn arg_str<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
         .map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
 }
 
+/// A JSON object argument: as [`arg_str`], and a JSON object (checked here
+/// too, so that bad JSON is `BD_ERR_INVALID_ARGUMENT` before the client is
+/// looked up).
+///
+/// # Safety
+/// As [`arg_str`].
+pub unsafe fn arg_json_object<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
+    // SAFETY: forwarded.
+    let text = unsafe { arg_str(ptr, what) }?;
+    crate::api::check_json_object(text, what)?;
+    Ok(text)
+}
+
 /// An optional C string argument (NULL → `None`), else as [`arg_str`].
 ///
 /// # Safety

@@ -1,18 +1,14 @@
-//! The exported functions. Each is one line over the boundary helpers.
-//!
-//! Common to all that talk to the supervisor: they use the process-wide
-//! default client (created from the environment on first use), may be called
-//! from any thread, block at most the timeout (`bd_set_timeout_ms`, default
-//! 30 s), and can fail with `BD_ERR_NOT_CONFIGURED`, `BD_ERR_CONNECT`,
-//! `BD_ERR_TIMEOUT`, `BD_ERR_IO`, `BD_ERR_UNAUTHORIZED` (401),
-//! `BD_ERR_SERVER` (5xx), `BD_ERR_HTTP` (other statuses, redirects),
-//! `BD_ERR_TOO_LARGE` and `BD_ERR_INTERNAL`, besides the errors each names.
+//! The exported functions. Each is one line or two over the boundary
+//! helpers. The conventions and the errors common to every call that talks to
+//! the supervisor are stated once, in the header's opening comment
+//! (`cbindgen.toml`).
 
 use std::ffi::{c_char, c_int, c_void};
 use std::time::Duration;
 
 use super::boundary::{
-    arg_service, arg_str, boundary, call, call_with, fill_field, flag, opt_str, text, text_with,
+    arg_json_object, arg_service, boundary, call, call_with, fill_field, flag, opt_str, text,
+    text_with,
 };
 use super::{bd_device_state, bd_line_cb};
 use crate::api::{Service, ServiceAction};
@@ -167,7 +163,10 @@ pub extern "C" fn bd_restart(app_id: u32) -> c_int {
 
 /// `POST /v1/regenerate-api-key`. Writes the new key into `(buf, len)`
 /// snprintf-style and returns its full length; the default client uses the
-/// new key at once (the old one is rejected by the supervisor). Errors:
+/// new key at once (the old one is rejected by the supervisor). Every call
+/// regenerates the key, a size query `(NULL, 0)` too: pass a buffer of at
+/// least 65 bytes, or the caller never sees the whole new key (the library
+/// still uses it). Errors:
 /// `BD_ERR_INVALID_ARGUMENT` (`buf` NULL with `len` > 0; nothing sent),
 /// `BD_ERR_INVALID_RESPONSE` (the answer is not a key).
 ///
@@ -261,7 +260,7 @@ pub unsafe extern "C" fn bd_host_config_json(buf: *mut c_char, len: usize) -> c_
 #[no_mangle]
 pub unsafe extern "C" fn bd_set_host_config_json(json: *const c_char) -> c_int {
     // SAFETY: the caller's promise.
-    let json = unsafe { arg_str(json, "json") };
+    let json = unsafe { arg_json_object(json, "json") };
     call_with(json, |c, json| c.set_host_config_json(json))
 }
 
@@ -502,7 +501,7 @@ pub unsafe extern "C" fn bd_device_tags_json(buf: *mut c_char, len: usize) -> c_
 #[no_mangle]
 pub unsafe extern "C" fn bd_set_device_tags_json(json_object: *const c_char) -> c_int {
     // SAFETY: the caller's promise.
-    let json = unsafe { arg_str(json_object, "json_object") };
+    let json = unsafe { arg_json_object(json_object, "json_object") };
     call_with(json, |c, json| c.set_device_tags_json(json))
 }
 
@@ -558,7 +557,7 @@ pub unsafe extern "C" fn bd_local_target_state_json(buf: *mut c_char, len: usize
 #[no_mangle]
 pub unsafe extern "C" fn bd_set_local_target_state_json(json: *const c_char) -> c_int {
     // SAFETY: the caller's promise.
-    let json = unsafe { arg_str(json, "json") };
+    let json = unsafe { arg_json_object(json, "json") };
     call_with(json, |c, json| c.set_local_target_state_json(json))
 }
 
@@ -609,7 +608,7 @@ pub unsafe extern "C" fn bd_journal_logs(
     userdata: *mut c_void,
 ) -> c_int {
     // SAFETY: the caller's promise.
-    let options = unsafe { arg_str(options_json, "options_json") };
+    let options = unsafe { arg_json_object(options_json, "options_json") };
     let args = options.and_then(|o| {
         if cb.is_some() {
             Ok(o)
