@@ -441,7 +441,8 @@ impl Client {
         req: &Request<'_>,
         timeout: Option<Duration>,
     ) -> Result<Response> {
-        let deadline = Instant::now() + timeout.unwrap_or_else(|| s.timeout());
+        let budget = timeout.unwrap_or_else(|| s.timeout());
+        let deadline = Instant::now() + budget;
         let mut limit = match timeout {
             Some(t) if t != s.timeout() => Limit::Within(t),
             _ => Limit::Agent,
@@ -460,7 +461,7 @@ impl Client {
                     // The second attempt gets only what is left of the deadline.
                     limit = Limit::Within(deadline.saturating_duration_since(Instant::now()));
                 }
-                Err(e) => return Err(self.transport_error(s, req, e)),
+                Err(e) => return Err(self.transport_error(s, req, e, budget)),
             }
         };
         let status = response.status().as_u16();
@@ -477,7 +478,7 @@ impl Client {
             .reader()
             .read_to_end(&mut body)
             .map_err(|e| {
-                self.transport_error(s, req, ureq::Error::from(e))
+                self.transport_error(s, req, ureq::Error::from(e), budget)
                     .with_http_status(status)
             })?;
         Ok(Response {
@@ -500,7 +501,7 @@ impl Client {
         let s = self.settings();
         let mut response = self
             .start(&s, req, Limit::Stalls(s.timeout()))
-            .map_err(|e| self.transport_error(&s, req, e))?;
+            .map_err(|e| self.transport_error(&s, req, e, s.timeout()))?;
         let status = response.status().as_u16();
         record_status(status);
         if status != 200 {
@@ -533,7 +534,9 @@ impl Client {
                         Some(Err(other)) => ureq::Error::Io(std::io::Error::other(other)),
                         None => ureq::Error::Io(std::io::Error::from(IoKind::Other)),
                     };
-                    return Err(self.transport_error(&s, req, err).with_http_status(status));
+                    return Err(self
+                        .transport_error(&s, req, err, s.timeout())
+                        .with_http_status(status));
                 }
             };
             if n == 0 {
@@ -610,14 +613,22 @@ impl Client {
         Error::new(kind, self.scrub(&msg)).with_http_status(resp.status)
     }
 
-    fn transport_error(&self, s: &Settings, req: &Request<'_>, err: ureq::Error) -> Error {
+    /// The error for a request that got no (complete) answer; `budget` is the
+    /// time it was allowed, for the message.
+    fn transport_error(
+        &self,
+        s: &Settings,
+        req: &Request<'_>,
+        err: ureq::Error,
+        budget: Duration,
+    ) -> Error {
         let target = self.address.base();
         let (kind, what) = match &err {
             ureq::Error::Timeout(_) => (
                 ErrorKind::Timeout,
                 format!(
                     "no complete answer from {target} within the {} ms timeout",
-                    s.timeout_ms
+                    budget.as_millis()
                 ),
             ),
             ureq::Error::HostNotFound => (
@@ -645,7 +656,7 @@ impl Client {
                     ErrorKind::Timeout,
                     format!(
                         "no complete answer from {target} within the {} ms timeout",
-                        s.timeout_ms
+                        budget.as_millis()
                     ),
                 ),
                 _ => (
@@ -800,7 +811,12 @@ mod tests {
 
         let config = Config::new(Some("http://device.local:48484"), Some("k")).unwrap();
         let client = Client::new(config);
-        let err = client.transport_error(&client.settings(), &Request::get("/ping"), mapped);
+        let err = client.transport_error(
+            &client.settings(),
+            &Request::get("/ping"),
+            mapped,
+            Duration::from_secs(1),
+        );
         assert_eq!(err.kind(), ErrorKind::Connect, "{err:?}");
         assert!(err.message().contains("resolve"), "{err:?}");
     }

@@ -760,3 +760,33 @@ fn stream_request_that_cannot_be_sent_times_out() {
 unsafe extern "C" fn never_called(_: *const c_char, _: usize, _: *mut c_void) -> c_int {
     1
 }
+
+/// `bd_wait_for_supervisor` against a supervisor that accepts but never
+/// answers: it gives up after its own time, not the client's timeout, and says
+/// so.
+#[test]
+fn wait_for_a_supervisor_that_never_answers_times_out_on_its_own_time() {
+    let _g = serial();
+    let srv = FaultServer::start(|c: &mut Conn| {
+        if c.read_request().is_some() {
+            c.hold(Duration::from_secs(30));
+        }
+    });
+    setup(&srv.address(), KEY, 5000);
+
+    let (rc, took) = timed(|| bd_wait_for_supervisor(700));
+    assert_eq!(rc, TIMEOUT, "{}", last_error());
+    assert_within(took, 700, "wait_for_supervisor(700)");
+    let msg = last_error();
+    assert!(msg.contains("GET /ping within 700 ms"), "{msg}");
+    assert!(
+        !msg.contains("5000 ms"),
+        "quotes the client's timeout: {msg}"
+    );
+    settle();
+    assert!(srv.request_count() >= 1);
+    assert!(srv
+        .requests()
+        .iter()
+        .all(|r| r.method == "GET" && r.path() == "/ping"));
+}
