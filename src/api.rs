@@ -81,13 +81,37 @@ pub fn resolve_app_id(app_id: u32) -> Result<u32> {
     }
 }
 
-/// Check that `text` is a JSON object (what callers pass in).
-pub fn check_json_object(text: &str, what: &str) -> Result<()> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(_)) => Ok(()),
-        Ok(_) => Err(Error::invalid(format!("{what} must be a JSON object"))),
-        Err(e) => Err(Error::invalid(format!("{what} is not valid JSON: {e}"))),
+/// JSON text from the caller, checked once to be a JSON object and then sent
+/// exactly as given (the library never adds or overwrites a key in it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JsonObject<'a>(&'a str);
+
+impl<'a> JsonObject<'a> {
+    /// `text` if it is a JSON object; else [`ErrorKind::InvalidArgument`]
+    /// naming `what`.
+    pub fn new(text: &'a str, what: &str) -> Result<JsonObject<'a>> {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(_)) => Ok(JsonObject(text)),
+            Ok(_) => Err(Error::invalid(format!("{what} must be a JSON object"))),
+            Err(e) => Err(Error::invalid(format!("{what} is not valid JSON: {e}"))),
+        }
     }
+
+    /// The text, as given.
+    pub fn as_str(self) -> &'a str {
+        self.0
+    }
+}
+
+/// Check a service name: not empty, no control characters (`what` names it
+/// in the message).
+pub fn check_service_name(name: &str, what: &str) -> Result<()> {
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "{what} is empty or contains control characters"
+        )));
+    }
+    Ok(())
 }
 
 fn force_body(force: bool) -> &'static str {
@@ -115,6 +139,11 @@ impl Client {
     /// Send `req`; any status outside `ok` is an error.
     fn call(&self, req: &Request<'_>, ok: &[u16]) -> Result<Response> {
         let resp = self.send(req)?;
+        self.expect(req, resp, ok)
+    }
+
+    /// `resp` to `req` if its status is in `ok`, else the error for it.
+    fn expect(&self, req: &Request<'_>, resp: Response, ok: &[u16]) -> Result<Response> {
         if ok.contains(&resp.status) {
             Ok(resp)
         } else {
@@ -192,19 +221,14 @@ impl Client {
 
     /// `GET /ping` (no key). Ok when the supervisor answers 200.
     pub fn ping(&self) -> Result<()> {
-        self.call(&Request::get("/ping").without_key(), &[200])
-            .map(drop)
+        self.ping_within(self.timeout_ms())
     }
 
     /// `GET /ping` bounded by `timeout_ms` instead of the client's timeout.
     pub fn ping_within(&self, timeout_ms: u32) -> Result<()> {
         let req = Request::get("/ping").without_key();
         let resp = self.send_within(&req, Duration::from_millis(u64::from(timeout_ms)))?;
-        if resp.status == 200 {
-            Ok(())
-        } else {
-            Err(self.status_error(&req, &resp))
-        }
+        self.expect(&req, resp, &[200]).map(drop)
     }
 
     /// `GET /v1/healthy` (no key): `true` on 200, `false` on 500 (unhealthy).
@@ -372,9 +396,8 @@ impl Client {
 
     /// `PATCH /v1/device/host-config` with the caller's JSON object as given
     /// (its own `force` included).
-    pub fn set_host_config_json(&self, json: &str) -> Result<()> {
-        check_json_object(json, "the host config")?;
-        let req = Request::patch("/v1/device/host-config").json(json);
+    pub fn set_host_config_json(&self, json: JsonObject<'_>) -> Result<()> {
+        let req = Request::patch("/v1/device/host-config").json(json.as_str());
         self.call(&req, &[200]).map(drop)
     }
 
@@ -407,11 +430,7 @@ impl Client {
     ) -> Result<()> {
         let body = match service {
             Service::Name(name) => {
-                if name.is_empty() || name.chars().any(char::is_control) {
-                    return Err(Error::invalid(
-                        "the service name is empty or contains control characters",
-                    ));
-                }
+                check_service_name(name, "the service name")?;
                 serde_json::json!({ "serviceName": name, "force": force }).to_string()
             }
             Service::Image(id) => format!(r#"{{"imageId":{id},"force":{force}}}"#),
@@ -446,11 +465,7 @@ impl Client {
 
     /// `GET /v2/containerId?service=s`: the container id of the service.
     pub fn container_id(&self, service: &str) -> Result<String> {
-        if service.is_empty() || service.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "the service name is empty or contains control characters",
-            ));
-        }
+        check_service_name(service, "the service name")?;
         let path = format!("/v2/containerId?service={}", percent_encode(service));
         self.field_string(&Request::get(&path), "containerId")
     }
@@ -471,9 +486,8 @@ impl Client {
     }
 
     /// `PATCH /v2/device/tags` with the caller's JSON object as given.
-    pub fn set_device_tags_json(&self, json: &str) -> Result<()> {
-        check_json_object(json, "the tags")?;
-        let req = Request::patch("/v2/device/tags").json(json);
+    pub fn set_device_tags_json(&self, json: JsonObject<'_>) -> Result<()> {
+        let req = Request::patch("/v2/device/tags").json(json.as_str());
         self.call(&req, &[200, 202]).map(drop)
     }
 
@@ -507,9 +521,8 @@ impl Client {
     }
 
     /// `POST /v2/local/target-state` with the caller's JSON object as given.
-    pub fn set_local_target_state_json(&self, json: &str) -> Result<()> {
-        check_json_object(json, "the target state")?;
-        let req = Request::post("/v2/local/target-state").json(json);
+    pub fn set_local_target_state_json(&self, json: JsonObject<'_>) -> Result<()> {
+        let req = Request::post("/v2/local/target-state").json(json.as_str());
         self.call(&req, &[200]).map(drop)
     }
 
@@ -522,11 +535,10 @@ impl Client {
     /// line goes to `on_line` as it arrives (return `false` to stop).
     pub fn journal_logs(
         &self,
-        options_json: &str,
+        options: JsonObject<'_>,
         on_line: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<()> {
-        check_json_object(options_json, "the journal options")?;
-        let req = Request::post("/v2/journal-logs").json(options_json);
+        let req = Request::post("/v2/journal-logs").json(options.as_str());
         self.stream_lines(&req, on_line)
     }
 

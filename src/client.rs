@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::NextTimeout;
 
-use crate::config::{Address, Config, DEFAULT_TIMEOUT_MS};
+use crate::config::{check_timeout_ms, Address, Config, DEFAULT_TIMEOUT_MS};
 use crate::error::{Error, ErrorKind, Result};
 
 mod tcp;
@@ -355,9 +355,7 @@ impl Client {
     /// Set the deadline of one whole request (connect, send, receive). A
     /// new timeout starts a new pool of connections.
     pub fn set_timeout_ms(&self, ms: u32) -> Result<()> {
-        if ms == 0 {
-            return Err(Error::invalid("a timeout of 0 ms is not allowed"));
-        }
+        check_timeout_ms(ms)?;
         self.change_settings(|s| {
             (s.timeout_ms != ms).then(|| Settings {
                 key: s.key.clone(),
@@ -466,26 +464,11 @@ impl Client {
         };
         let status = response.status().as_u16();
         record_status(status);
-        let location = location(&response);
-        // Sized from Content-Length (within the cap) so the body is read in
-        // one go instead of through a growing buffer.
-        let expected = response.body().content_length().unwrap_or(0);
-        let mut body = Vec::with_capacity(expected.min(MAX_BODY_BYTES) as usize);
-        response
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY_BYTES)
-            .reader()
-            .read_to_end(&mut body)
-            .map_err(|e| {
-                self.transport_error(s, req, ureq::Error::from(e), budget)
-                    .with_http_status(status)
-            })?;
-        Ok(Response {
-            status,
-            body,
-            location,
-        })
+        let body = read_capped(&mut response).map_err(|e| {
+            self.transport_error(s, req, e, budget)
+                .with_http_status(status)
+        })?;
+        Ok(answer(&response, body))
     }
 
     /// Send `req` and hand each line of the answer to `on_line` as it arrives
@@ -505,21 +488,8 @@ impl Client {
         let status = response.status().as_u16();
         record_status(status);
         if status != 200 {
-            let body = response
-                .body_mut()
-                .with_config()
-                .limit(MAX_BODY_BYTES)
-                .read_to_vec()
-                .unwrap_or_default();
-            let location = location(&response);
-            return Err(self.status_error(
-                req,
-                &Response {
-                    status,
-                    body,
-                    location,
-                },
-            ));
+            let body = read_capped(&mut response).unwrap_or_default();
+            return Err(self.status_error(req, &answer(&response, body)));
         }
         let mut reader = response.into_body().into_reader();
         let mut pending: Vec<u8> = Vec::new();
@@ -529,13 +499,8 @@ impl Client {
                 Ok(n) => n,
                 Err(e) if e.kind() == IoKind::Interrupted => continue,
                 Err(e) => {
-                    let err = match e.into_inner().map(|inner| inner.downcast::<ureq::Error>()) {
-                        Some(Ok(ureq_err)) => *ureq_err,
-                        Some(Err(other)) => ureq::Error::Io(std::io::Error::other(other)),
-                        None => ureq::Error::Io(std::io::Error::from(IoKind::Other)),
-                    };
                     return Err(self
-                        .transport_error(&s, req, err, s.timeout())
+                        .transport_error(&s, req, ureq::Error::from(e), s.timeout())
                         .with_http_status(status));
                 }
             };
@@ -681,6 +646,32 @@ impl Client {
 }
 
 /// The `Location` of a redirect (no other answer needs it).
+/// The body of `response`, read whole within [`MAX_BODY_BYTES`]. The buffer
+/// is sized from Content-Length (within the cap), so the body is read in one
+/// go instead of through a growing buffer.
+fn read_capped(
+    response: &mut ureq::http::Response<ureq::Body>,
+) -> std::result::Result<Vec<u8>, ureq::Error> {
+    let expected = response.body().content_length().unwrap_or(0);
+    let mut body = Vec::with_capacity(expected.min(MAX_BODY_BYTES) as usize);
+    response
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY_BYTES)
+        .reader()
+        .read_to_end(&mut body)?;
+    Ok(body)
+}
+
+/// `response`'s status and `Location` with its `body`.
+fn answer(response: &ureq::http::Response<ureq::Body>, body: Vec<u8>) -> Response {
+    Response {
+        status: response.status().as_u16(),
+        body,
+        location: location(response),
+    }
+}
+
 fn location(response: &ureq::http::Response<ureq::Body>) -> Option<String> {
     if !response.status().is_redirection() {
         return None;

@@ -101,6 +101,14 @@ impl Address {
     }
 }
 
+/// A timeout in milliseconds as a duration; 0 is refused.
+pub fn check_timeout_ms(ms: u32) -> Result<std::time::Duration> {
+    if ms == 0 {
+        return Err(Error::invalid("a timeout of 0 ms is not allowed"));
+    }
+    Ok(std::time::Duration::from_millis(u64::from(ms)))
+}
+
 /// Check an API key: non-empty, no white space or control characters.
 pub fn validate_api_key(key: &str) -> Result<()> {
     if key.is_empty() {

@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 use once_cell::sync::Lazy;
 
 use crate::client::Client;
-use crate::config::{Config, DEFAULT_TIMEOUT_MS};
-use crate::error::{Error, Result};
+use crate::config::{check_timeout_ms, Config, DEFAULT_TIMEOUT_MS};
+use crate::error::Result;
 
 static DEFAULT: Lazy<RwLock<Option<Arc<Client>>>> = Lazy::new(|| RwLock::new(None));
 static TIMEOUT_MS: AtomicU32 = AtomicU32::new(DEFAULT_TIMEOUT_MS);
@@ -52,9 +52,7 @@ pub fn init_from_env() -> Result<()> {
 /// Deadline of one whole request for the default client, now and after any
 /// later `init`, until `cleanup`.
 pub fn set_timeout_ms(ms: u32) -> Result<()> {
-    if ms == 0 {
-        return Err(Error::invalid("a timeout of 0 ms is not allowed"));
-    }
+    check_timeout_ms(ms)?;
     let slot = DEFAULT.write().unwrap_or_else(|e| e.into_inner());
     TIMEOUT_MS.store(ms, Ordering::Relaxed);
     if let Some(c) = slot.as_ref() {

@@ -66,7 +66,7 @@ fn a_panic_while_holding_the_client_leaves_it_usable() {
     connect(&sim);
     // Panic in the middle of work that holds the default client.
     let rc = boundary(|| {
-        let _client = balena_device::ffi::boundary::client()?;
+        let _client = balena_device::global::client()?;
         panic!("in the middle of a call");
     });
     assert_eq!(rc, INTERNAL);

@@ -4,8 +4,8 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
 
+use crate::api::{check_service_name, JsonObject};
 use crate::client::{self, Client};
 use crate::error::{Error, ErrorKind, Result};
 use crate::global;
@@ -163,11 +163,6 @@ unsafe fn run_text(
     })
 }
 
-/// The default client (created from the environment on first use).
-pub fn client() -> Result<Arc<Client>> {
-    global::client()
-}
-
 /// A text buffer argument: NULL is allowed only with `len == 0`.
 pub fn check_out_buf(buf: *mut c_char, len: usize) -> Result<()> {
     if buf.is_null() && len > 0 {
@@ -231,17 +226,15 @@ pub unsafe fn arg_str<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
         .map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
 }
 
-/// A JSON object argument: as [`arg_str`], and a JSON object (checked here
-/// too, so that bad JSON is `BD_ERR_INVALID_ARGUMENT` before the client is
-/// looked up).
+/// A JSON object argument: as [`arg_str`], and a JSON object (checked here,
+/// so that bad JSON is `BD_ERR_INVALID_ARGUMENT` before the client is looked
+/// up).
 ///
 /// # Safety
 /// As [`arg_str`].
-pub unsafe fn arg_json_object<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
+pub unsafe fn arg_json_object<'a>(ptr: *const c_char, what: &str) -> Result<JsonObject<'a>> {
     // SAFETY: forwarded.
-    let text = unsafe { arg_str(ptr, what) }?;
-    crate::api::check_json_object(text, what)?;
-    Ok(text)
+    JsonObject::new(unsafe { arg_str(ptr, what) }?, what)
 }
 
 /// An optional C string argument (NULL → `None`), else as [`arg_str`].
@@ -265,11 +258,7 @@ pub unsafe fn opt_str<'a>(ptr: *const c_char, what: &str) -> Result<Option<&'a s
 pub unsafe fn arg_service<'a>(ptr: *const c_char) -> Result<&'a str> {
     // SAFETY: forwarded.
     let name = unsafe { arg_str(ptr, "service") }?;
-    if name.is_empty() || name.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "service is empty or contains control characters",
-        ));
-    }
+    check_service_name(name, "service")?;
     Ok(name)
 }
 

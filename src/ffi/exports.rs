@@ -4,7 +4,6 @@
 //! (`cbindgen.toml`).
 
 use std::ffi::{c_char, c_int, c_void};
-use std::time::Duration;
 
 use super::boundary::{
     arg_json_object, arg_service, boundary, call, call_with, fill_field, flag, opt_str, text,
@@ -12,6 +11,7 @@ use super::boundary::{
 };
 use super::{bd_device_state, bd_line_cb};
 use crate::api::{Service, ServiceAction};
+use crate::config::check_timeout_ms;
 use crate::error::{Error, ErrorKind};
 use crate::{client, global, lock};
 
@@ -685,11 +685,9 @@ pub unsafe extern "C" fn bd_state(out: *mut bd_device_state) -> c_int {
 /// error says why); `BD_ERR_INVALID_ARGUMENT` for 0; `BD_ERR_NOT_CONFIGURED`.
 #[no_mangle]
 pub extern "C" fn bd_wait_for_supervisor(timeout_ms: u32) -> c_int {
-    let args = match timeout_ms {
-        0 => Err(Error::invalid("a timeout of 0 ms is not allowed")),
-        ms => Ok(Duration::from_millis(u64::from(ms))),
-    };
-    call_with(args, |c, timeout| c.wait_for_supervisor(timeout))
+    call_with(check_timeout_ms(timeout_ms), |c, timeout| {
+        c.wait_for_supervisor(timeout)
+    })
 }
 
 // ---------------------------------------------------------------- update locks
