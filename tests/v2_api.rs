@@ -519,6 +519,51 @@ fn bad_service_names_are_refused_and_nothing_is_sent() {
 // ------------------------------------------------------------------ app restart, purge
 
 #[test]
+fn app_and_service_actions_outside_the_keys_scope_are_unauthorized() {
+    let _g = serial();
+    let sim = Sim::start();
+    let scoped = "scopedkey_0042";
+    sim.with_state(|s| s.scoped_keys = vec![(scoped.to_string(), vec![42])]);
+    assert_eq!(init(&sim.address(), scoped), 0);
+
+    let main = cstr("main");
+    type Call<'a> = Box<dyn Fn() -> c_int + 'a>;
+    // SAFETY (each call): a NUL-terminated service name.
+    let calls: Vec<(&str, Call)> = vec![
+        (
+            "POST /v2/applications/1234/restart-service",
+            Box::new(|| unsafe { bd_restart_service(1234, main.as_ptr(), false) }),
+        ),
+        (
+            "POST /v2/applications/1234/stop-service",
+            Box::new(|| bd_stop_service_by_image(1234, 1001, true)),
+        ),
+        (
+            "POST /v2/applications/1234/start-service",
+            Box::new(|| unsafe { bd_start_service(1234, main.as_ptr(), false) }),
+        ),
+        (
+            "POST /v2/applications/1234/restart",
+            Box::new(|| bd_restart_app(1234, true)),
+        ),
+        (
+            "POST /v2/applications/1234/purge",
+            Box::new(|| bd_purge_app(1234, false)),
+        ),
+    ];
+    for (label, call) in calls {
+        assert_fails(call(), bd_status::BD_ERR_UNAUTHORIZED, 401, label, scoped);
+    }
+    assert_eq!(sim.requests().len(), 5, "one request per call");
+    assert!(sim.state().actions.is_empty(), "{:?}", sim.state().actions);
+
+    // The same key acts on the app it is scoped to.
+    sim.with_state(|s| s.scoped_keys = vec![(scoped.to_string(), vec![1234])]);
+    assert_ok(bd_restart_app(1234, false));
+    assert_eq!(sim.state().actions, vec!["restart 1234".to_string()]);
+}
+
+#[test]
 fn restart_app_and_purge_app_send_force() {
     let _g = serial();
     let sim = Sim::start();
