@@ -227,6 +227,10 @@ struct Settings {
     /// Its configuration bounds a whole request by `timeout_ms`, so a call
     /// with the client's timeout needs no configuration of its own.
     agent: ureq::Agent,
+    /// The process whose connections the agent's pool holds. A child of
+    /// `fork()` inherits copies of the parent's pooled sockets; using one
+    /// would interleave its requests and answers with the parent's.
+    pid: u32,
 }
 
 impl Settings {
@@ -240,6 +244,7 @@ impl Settings {
             encoded_key: percent_encode(key),
             timeout_ms: self.timeout_ms,
             agent: self.agent.clone(),
+            pid: self.pid,
         }
     }
 }
@@ -318,6 +323,7 @@ impl Client {
             encoded_key: percent_encode(&config.api_key),
             timeout_ms: DEFAULT_TIMEOUT_MS,
             agent: agent(&config.address, DEFAULT_TIMEOUT_MS),
+            pid: std::process::id(),
         };
         Client {
             address: config.address,
@@ -330,11 +336,39 @@ impl Client {
         &self.address
     }
 
+    /// The settings a call uses. In a child of `fork()` the first call
+    /// replaces the agent inherited from the parent by a new one with an
+    /// empty pool, so the child never touches a connection of the parent.
     fn settings(&self) -> Arc<Settings> {
-        self.settings
+        let current = self
+            .settings
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        if current.pid == std::process::id() {
+            current
+        } else {
+            self.leave_parent_connections()
+        }
+    }
+
+    /// A new agent for this process. The inherited one is dropped once no
+    /// call of this process uses it: that closes the child's copies of the
+    /// parent's sockets (a plain close, never `shutdown()`, which would end
+    /// the parent's connections too).
+    fn leave_parent_connections(&self) -> Arc<Settings> {
+        let pid = std::process::id();
+        let mut slot = self.settings.write().unwrap_or_else(|e| e.into_inner());
+        if slot.pid != pid {
+            *slot = Arc::new(Settings {
+                key: slot.key.clone(),
+                encoded_key: slot.encoded_key.clone(),
+                timeout_ms: slot.timeout_ms,
+                agent: agent(&self.address, slot.timeout_ms),
+                pid,
+            });
+        }
+        slot.clone()
     }
 
     fn change_settings(&self, change: impl FnOnce(&Settings) -> Option<Settings>) {
@@ -362,6 +396,7 @@ impl Client {
                 encoded_key: s.encoded_key.clone(),
                 timeout_ms: ms,
                 agent: agent(&self.address, ms),
+                pid: std::process::id(),
             })
         });
         Ok(())

@@ -109,10 +109,22 @@ pub fn check_timeout_ms(ms: u32) -> Result<std::time::Duration> {
     Ok(std::time::Duration::from_millis(u64::from(ms)))
 }
 
-/// Check an API key: non-empty, no white space or control characters.
+/// Longest API key accepted, in bytes. Supervisors issue 32 characters; a
+/// key must fit, percent-encoded, in the request line of every call, and one
+/// over this limit could never be sent.
+pub const MAX_API_KEY_BYTES: usize = 1024;
+
+/// Check an API key: non-empty, at most [`MAX_API_KEY_BYTES`], no white space
+/// or control characters.
 pub fn validate_api_key(key: &str) -> Result<()> {
     if key.is_empty() {
         return Err(Error::invalid("the API key is empty"));
+    }
+    if key.len() > MAX_API_KEY_BYTES {
+        return Err(Error::invalid(format!(
+            "the API key is {} bytes long; at most {MAX_API_KEY_BYTES} can be sent",
+            key.len()
+        )));
     }
     if key.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(Error::invalid(
@@ -294,5 +306,9 @@ mod tests {
         assert!(validate_api_key("").is_err());
         assert!(validate_api_key("a\nb").is_err());
         assert!(validate_api_key("a b").is_err());
+        assert!(validate_api_key(&"k".repeat(MAX_API_KEY_BYTES)).is_ok());
+        let long = validate_api_key(&"k".repeat(MAX_API_KEY_BYTES + 1)).unwrap_err();
+        assert_eq!(long.kind(), ErrorKind::InvalidArgument);
+        assert!(long.message().contains("1025 bytes"), "{long:?}");
     }
 }

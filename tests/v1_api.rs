@@ -903,7 +903,9 @@ fn init_validates_the_address_and_the_key() {
         assert!(!err.is_empty());
         assert!(!err.contains(&key), "{err}");
     }
-    for bad_key in ["", "a b", "key\r\nX: 1", "tab\tkey"] {
+    // A key over 1 KiB could never be sent in a request line.
+    let long_key = "k".repeat(1025);
+    for bad_key in ["", "a b", "key\r\nX: 1", "tab\tkey", long_key.as_str()] {
         let rc = init(&sim.address(), bad_key);
         assert_eq!(
             rc,
@@ -1117,6 +1119,16 @@ fn missing_environment_is_not_configured_and_says_what_to_set() {
     // SAFETY: NULL means "from the environment".
     let rc = unsafe { bd_init(ptr::null(), ptr::null()) };
     assert_eq!(rc, code(bd_status::BD_ERR_NOT_CONFIGURED));
+
+    // A key in the environment that is too long to send is unusable, and the
+    // message names the variable.
+    std::env::set_var("BALENA_SUPERVISOR_ADDRESS", sim.address());
+    std::env::set_var("BALENA_SUPERVISOR_API_KEY", "k".repeat(70_000));
+    assert_eq!(bd_init_from_env(), code(bd_status::BD_ERR_NOT_CONFIGURED));
+    let err = last_error();
+    assert!(err.contains("BALENA_SUPERVISOR_API_KEY"), "{err}");
+    assert!(err.contains("70000 bytes"), "{err}");
+    clear_env();
 
     // An address but no key.
     std::env::set_var("BALENA_SUPERVISOR_ADDRESS", sim.address());
