@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::io::{ErrorKind as IoKind, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
@@ -13,6 +13,7 @@ use ureq::unversioned::transport::NextTimeout;
 
 use crate::config::{check_timeout_ms, Address, Config, DEFAULT_TIMEOUT_MS};
 use crate::error::{Error, ErrorKind, Result};
+use crate::sync::ForkSafeRwLock;
 
 mod tcp;
 
@@ -302,7 +303,7 @@ fn limited<B>(builder: ureq::RequestBuilder<B>, limit: Limit) -> ureq::RequestBu
 /// A client of one supervisor. Cheap to share between threads (`Arc`).
 pub struct Client {
     address: Address,
-    settings: RwLock<Arc<Settings>>,
+    settings: ForkSafeRwLock<Arc<Settings>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -327,7 +328,7 @@ impl Client {
         };
         Client {
             address: config.address,
-            settings: RwLock::new(Arc::new(settings)),
+            settings: ForkSafeRwLock::new(Arc::new(settings)),
         }
     }
 
@@ -340,11 +341,7 @@ impl Client {
     /// replaces the agent inherited from the parent by a new one with an
     /// empty pool, so the child never touches a connection of the parent.
     fn settings(&self) -> Arc<Settings> {
-        let current = self
-            .settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let current = self.settings.read().clone();
         if current.pid == std::process::id() {
             current
         } else {
@@ -358,7 +355,7 @@ impl Client {
     /// the parent's connections too).
     fn leave_parent_connections(&self) -> Arc<Settings> {
         let pid = std::process::id();
-        let mut slot = self.settings.write().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.settings.write();
         if slot.pid != pid {
             *slot = Arc::new(Settings {
                 key: slot.key.clone(),
@@ -372,7 +369,7 @@ impl Client {
     }
 
     fn change_settings(&self, change: impl FnOnce(&Settings) -> Option<Settings>) {
-        let mut slot = self.settings.write().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.settings.write();
         if let Some(new) = change(&slot) {
             *slot = Arc::new(new);
         }
@@ -380,10 +377,7 @@ impl Client {
 
     /// The deadline of one request, in milliseconds.
     pub fn timeout_ms(&self) -> u32 {
-        self.settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .timeout_ms
+        self.settings.read().timeout_ms
     }
 
     /// Set the deadline of one whole request (connect, send, receive). A
@@ -403,11 +397,7 @@ impl Client {
     }
 
     pub(crate) fn api_key(&self) -> Arc<str> {
-        self.settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .key
-            .clone()
+        self.settings.read().key.clone()
     }
 
     pub(crate) fn set_api_key(&self, key: &str) {

@@ -2,15 +2,14 @@
 //! environment on first use, replaced by `init`, dropped by `cleanup`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
-
-use once_cell::sync::Lazy;
+use std::sync::Arc;
 
 use crate::client::Client;
 use crate::config::{check_timeout_ms, Config, DEFAULT_TIMEOUT_MS};
 use crate::error::Result;
+use crate::sync::ForkSafeRwLock;
 
-static DEFAULT: Lazy<RwLock<Option<Arc<Client>>>> = Lazy::new(|| RwLock::new(None));
+static DEFAULT: ForkSafeRwLock<Option<Arc<Client>>> = ForkSafeRwLock::new(None);
 static TIMEOUT_MS: AtomicU32 = AtomicU32::new(DEFAULT_TIMEOUT_MS);
 
 fn install(config: Config) -> Arc<Client> {
@@ -23,10 +22,10 @@ fn install(config: Config) -> Arc<Client> {
 
 /// The default client, created from the environment if there is none yet.
 pub fn client() -> Result<Arc<Client>> {
-    if let Some(c) = DEFAULT.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+    if let Some(c) = DEFAULT.read().as_ref() {
         return Ok(c.clone());
     }
-    let mut slot = DEFAULT.write().unwrap_or_else(|e| e.into_inner());
+    let mut slot = DEFAULT.write();
     if let Some(c) = slot.as_ref() {
         return Ok(c.clone());
     }
@@ -39,7 +38,7 @@ pub fn client() -> Result<Arc<Client>> {
 /// environment. On error the previous configuration stays.
 pub fn init(address: Option<&str>, api_key: Option<&str>) -> Result<()> {
     let config = Config::new(address, api_key)?;
-    let mut slot = DEFAULT.write().unwrap_or_else(|e| e.into_inner());
+    let mut slot = DEFAULT.write();
     *slot = Some(install(config));
     Ok(())
 }
@@ -53,7 +52,7 @@ pub fn init_from_env() -> Result<()> {
 /// later `init`, until `cleanup`.
 pub fn set_timeout_ms(ms: u32) -> Result<()> {
     check_timeout_ms(ms)?;
-    let slot = DEFAULT.write().unwrap_or_else(|e| e.into_inner());
+    let slot = DEFAULT.write();
     TIMEOUT_MS.store(ms, Ordering::Relaxed);
     if let Some(c) = slot.as_ref() {
         c.set_timeout_ms(ms)?;
@@ -70,7 +69,7 @@ pub fn timeout_ms() -> u32 {
 /// uses it) and restore the default timeout; the next call starts from the
 /// environment again.
 pub fn cleanup() {
-    let mut slot = DEFAULT.write().unwrap_or_else(|e| e.into_inner());
+    let mut slot = DEFAULT.write();
     TIMEOUT_MS.store(DEFAULT_TIMEOUT_MS, Ordering::Relaxed);
     *slot = None;
 }

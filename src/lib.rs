@@ -14,6 +14,7 @@ pub mod error;
 pub mod ffi;
 pub mod global;
 pub mod lock;
+mod sync;
 
 pub use api::{DeviceState, Service, ServiceAction, CURRENT_APP};
 pub use client::Client;

@@ -2,6 +2,8 @@
 //! `O_CREAT|O_EXCL` (the supervisor checks it before killing services) and an
 //! exclusive `flock` held on it (host-OS update scripts check that).
 
+use crate::error::{Error, ErrorKind, Result};
+use crate::sync::{ForkSafeMutex, Guarded};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
@@ -9,11 +11,6 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-
-use once_cell::sync::Lazy;
-
-use crate::error::{Error, ErrorKind, Result};
 
 /// Where balenaOS services keep their update lock.
 pub const DEFAULT_LOCK_PATH: &str = "/tmp/balena/updates.lock";
@@ -22,6 +19,9 @@ struct Held {
     file: File,
     dev: u64,
     ino: u64,
+    /// The process that took the lock. A child of `fork()` inherits the
+    /// record (and a copy of the file descriptor) but not the lock.
+    pid: u32,
 }
 
 impl Held {
@@ -32,35 +32,47 @@ impl Held {
 }
 
 struct LockState {
-    path: PathBuf,
+    /// `None`: [`DEFAULT_LOCK_PATH`].
+    path: Option<PathBuf>,
     held: Option<Held>,
 }
 
 impl LockState {
-    /// Whether this process still holds the lock. A held lock whose file is
-    /// gone or replaced (a forced supervisor action deletes lock files) is
-    /// forgot here, which closes its file and so releases its `flock`.
-    fn holds(&mut self) -> bool {
-        match &self.held {
-            Some(held) if held.still_at(&self.path) => true,
-            Some(_) => {
-                self.held = None;
-                false
-            }
+    fn path(&self) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCK_PATH))
+    }
+
+    /// The lock this process holds, if any. A held lock whose file is gone
+    /// or replaced (a forced supervisor action deletes lock files) is forgot
+    /// here, which closes its file and so releases its `flock`. In a child of
+    /// `fork()` the parent's lock is forgot too, by closing only the child's
+    /// copy of its descriptor: the parent's `flock` and file stay.
+    fn held(&mut self) -> Option<&Held> {
+        let path = self.path();
+        let keep = match &self.held {
+            Some(held) => held.pid == std::process::id() && held.still_at(&path),
             None => false,
+        };
+        if !keep {
+            self.held = None;
         }
+        self.held.as_ref()
+    }
+
+    fn holds(&mut self) -> bool {
+        self.held().is_some()
     }
 }
 
-static STATE: Lazy<Mutex<LockState>> = Lazy::new(|| {
-    Mutex::new(LockState {
-        path: PathBuf::from(DEFAULT_LOCK_PATH),
-        held: None,
-    })
+static STATE: ForkSafeMutex<LockState> = ForkSafeMutex::new(LockState {
+    path: None,
+    held: None,
 });
 
-fn state() -> std::sync::MutexGuard<'static, LockState> {
-    STATE.lock().unwrap_or_else(|e| e.into_inner())
+fn state() -> Guarded<std::sync::MutexGuard<'static, LockState>> {
+    STATE.lock()
 }
 
 fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
@@ -69,7 +81,7 @@ fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
 
 /// The lock file's path in use now.
 pub fn lock_path() -> PathBuf {
-    state().path.clone()
+    state().path()
 }
 
 /// Use `path` for the lock file (`None`: the default). Refused with
@@ -78,7 +90,7 @@ pub fn lock_path() -> PathBuf {
 /// [`ErrorKind::InvalidArgument`] for an empty or relative path.
 pub fn set_lock_path(path: Option<&str>) -> Result<()> {
     let new = match path {
-        None => PathBuf::from(DEFAULT_LOCK_PATH),
+        None => None,
         Some("") => return Err(Error::invalid("the lock path is empty")),
         Some(p) if !p.starts_with('/') => {
             return Err(Error::invalid(format!(
@@ -90,7 +102,7 @@ pub fn set_lock_path(path: Option<&str>) -> Result<()> {
                 "the lock path {p:?} names a directory"
             )))
         }
-        Some(p) => PathBuf::from(p),
+        Some(p) => Some(PathBuf::from(p)),
     };
     let mut st = state();
     if st.holds() {
@@ -98,7 +110,7 @@ pub fn set_lock_path(path: Option<&str>) -> Result<()> {
             ErrorKind::Locked,
             format!(
                 "this process holds the update lock {}: unlock before changing the path",
-                st.path.display()
+                st.path().display()
             ),
         ));
     }
@@ -113,7 +125,7 @@ pub fn set_lock_path(path: Option<&str>) -> Result<()> {
 /// counts: the file is created anew.
 pub fn lock_updates() -> Result<()> {
     let mut st = state();
-    let path = st.path.clone();
+    let path = st.path();
     if st.holds() {
         return Err(Error::new(
             ErrorKind::Locked,
@@ -181,22 +193,28 @@ pub fn lock_updates() -> Result<()> {
         dev: meta.dev(),
         ino: meta.ino(),
         file,
+        pid: std::process::id(),
     });
     Ok(())
 }
 
 /// Release the update lock: remove the file if the path still names the file
 /// this process created (a forced supervisor action may have deleted it, and a
-/// later file there belongs to someone else), then drop the `flock`. Not held:
-/// nothing to do, Ok.
+/// later file there belongs to someone else), then drop the `flock`. Not held
+/// by this process (also: held by the parent of a forked child): nothing to
+/// do, Ok.
 pub fn unlock_updates() -> Result<()> {
     let mut st = state();
+    let path = st.path();
+    if !st.holds() {
+        return Ok(());
+    }
     let Some(held) = st.held.take() else {
         return Ok(());
     };
-    if held.still_at(&st.path) {
-        if let Err(e) = std::fs::remove_file(&st.path) {
-            let err = io_error("cannot remove the update lock", &st.path, e);
+    if held.still_at(&path) {
+        if let Err(e) = std::fs::remove_file(&path) {
+            let err = io_error("cannot remove the update lock", &path, e);
             // The file stays, so the lock stays held, flock included.
             st.held = Some(held);
             return Err(err);
