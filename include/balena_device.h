@@ -49,6 +49,12 @@
 #define BD_CURRENT_APP 0
 
 /**
+ * Room for the last error of a thread, its NUL included. Longer messages
+ * are cut at a character boundary and end in `...`.
+ */
+#define LAST_ERROR_BYTES 1024
+
+/**
  * Status codes. Every function returning `int` returns `BD_OK` (0) or a
  * negative `bd_status` (some return a count or flag >= 0 on success).
  * Values never change.

@@ -81,7 +81,8 @@ pub fn resolve_app_id(app_id: u32) -> Result<u32> {
     }
 }
 
-/// JSON text from the caller, checked once to be a JSON object and then sent
+/// JSON text from the caller, checked once to be a JSON object (what the
+/// supervisor's `JSON.parse` accepts, see [`crate::json`]) and then sent
 /// exactly as given (the library never adds or overwrites a key in it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JsonObject<'a>(&'a str);
@@ -90,9 +91,9 @@ impl<'a> JsonObject<'a> {
     /// `text` if it is a JSON object; else [`ErrorKind::InvalidArgument`]
     /// naming `what`.
     pub fn new(text: &'a str, what: &str) -> Result<JsonObject<'a>> {
-        match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(_)) => Ok(JsonObject(text)),
-            Ok(_) => Err(Error::invalid(format!("{what} must be a JSON object"))),
+        match crate::json::is_object(text) {
+            Ok(true) => Ok(JsonObject(text)),
+            Ok(false) => Err(Error::invalid(format!("{what} must be a JSON object"))),
             Err(e) => Err(Error::invalid(format!("{what} is not valid JSON: {e}"))),
         }
     }
@@ -221,7 +222,9 @@ impl Client {
 
     /// `GET /ping` (no key). Ok when the supervisor answers 200.
     pub fn ping(&self) -> Result<()> {
-        self.ping_within(self.timeout_ms())
+        let req = Request::get("/ping").without_key();
+        let resp = self.send(&req)?;
+        self.expect(&req, resp, &[200]).map(drop)
     }
 
     /// `GET /ping` bounded by `timeout_ms` instead of the client's timeout.

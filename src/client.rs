@@ -31,6 +31,59 @@ pub const MAX_IDLE_REUSE: Duration = Duration::from_millis(3_500);
 
 thread_local! {
     static LAST_HTTP_STATUS: Cell<u16> = const { Cell::new(0) };
+    /// When the C call running on this thread started (see [`begin_call`]).
+    static CALL_START: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The deadline the transport holds every connect, write and read of
+    /// this thread to, on top of ureq's own timeouts (see [`IoDeadline`]).
+    static IO_DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// A call starts now on this thread: a request's deadline counts from here,
+/// so that it covers what the call does before sending (checking a large
+/// argument, say). Returns what [`end_call`] restores: a callback may make
+/// a call of its own inside another one.
+pub fn begin_call() -> Option<Instant> {
+    CALL_START
+        .try_with(|c| c.replace(Some(Instant::now())))
+        .unwrap_or(None)
+}
+
+/// The call begun by [`begin_call`] ended; `previous` is what it returned.
+pub fn end_call(previous: Option<Instant>) {
+    let _ = CALL_START.try_with(|c| c.set(previous));
+}
+
+fn call_start() -> Instant {
+    CALL_START
+        .try_with(Cell::get)
+        .ok()
+        .flatten()
+        .unwrap_or_else(Instant::now)
+}
+
+/// The deadline of this thread's request in progress, if any.
+pub(crate) fn io_deadline() -> Option<Instant> {
+    IO_DEADLINE.try_with(Cell::get).ok().flatten()
+}
+
+/// Holds every connect, write and read on this thread to a deadline while
+/// alive; restores the one before when dropped.
+struct IoDeadline(Option<Instant>);
+
+impl IoDeadline {
+    fn until(deadline: Instant) -> IoDeadline {
+        IoDeadline(
+            IO_DEADLINE
+                .try_with(|c| c.replace(Some(deadline)))
+                .unwrap_or(None),
+        )
+    }
+}
+
+impl Drop for IoDeadline {
+    fn drop(&mut self) {
+        let _ = IO_DEADLINE.try_with(|c| c.set(self.0));
+    }
 }
 
 /// HTTP status of the last response received on this thread, 0 if none.
@@ -43,7 +96,8 @@ pub fn reset_last_http_status() {
     LAST_HTTP_STATUS.with(|c| c.set(0));
 }
 
-fn record_status(status: u16) {
+/// Record `status` as this thread's last HTTP status.
+pub(crate) fn record_status(status: u16) {
     LAST_HTTP_STATUS.with(|c| c.set(status));
 }
 
@@ -465,7 +519,13 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<Response> {
         let budget = timeout.unwrap_or_else(|| s.timeout());
-        let deadline = Instant::now() + budget;
+        // The client's timeout counts from the start of the call; an explicit
+        // one (a step of bd_wait_for_supervisor) from now.
+        let deadline = match timeout {
+            None => call_start() + budget,
+            Some(t) => Instant::now() + t,
+        };
+        let _io = IoDeadline::until(deadline);
         let mut limit = match timeout {
             Some(t) if t != s.timeout() => Limit::Within(t),
             _ => Limit::Agent,
@@ -507,15 +567,33 @@ impl Client {
         on_line: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<()> {
         let s = self.settings();
+        // Connecting, sending and the head of the answer are bounded by the
+        // timeout from the start of the call; then each read by the timeout.
+        let head = IoDeadline::until(call_start() + s.timeout());
         let mut response = self
             .start(&s, req, Limit::Stalls(s.timeout()))
             .map_err(|e| self.transport_error(&s, req, e, s.timeout()))?;
+        drop(head);
         let status = response.status().as_u16();
         record_status(status);
         if status != 200 {
             let body = read_capped(&mut response).unwrap_or_default();
             return Err(self.status_error(req, &answer(&response, body)));
         }
+        // A callback may call the library again, which records its own
+        // status; this call's status is recorded again when it ends.
+        let _status_again = RecordOnDrop(status);
+        let too_long = || {
+            Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "{}: a line of the stream is longer than {} bytes",
+                    req.label(),
+                    MAX_LINE_BYTES
+                ),
+            )
+            .with_http_status(status)
+        };
         let mut reader = response.into_body().into_reader();
         let mut pending: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 16 * 1024];
@@ -532,6 +610,9 @@ impl Client {
             if n == 0 {
                 if !pending.is_empty() {
                     let line = trim_cr(&pending);
+                    if line.len() > MAX_LINE_BYTES {
+                        return Err(too_long());
+                    }
                     on_line(line);
                 }
                 return Ok(());
@@ -539,10 +620,18 @@ impl Client {
             let mut data = &chunk[..n];
             while let Some(pos) = data.iter().position(|&b| b == b'\n') {
                 let keep_going = if pending.is_empty() {
-                    on_line(trim_cr(&data[..pos]))
+                    let line = trim_cr(&data[..pos]);
+                    if line.len() > MAX_LINE_BYTES {
+                        return Err(too_long());
+                    }
+                    on_line(line)
                 } else {
                     pending.extend_from_slice(&data[..pos]);
-                    let go = on_line(trim_cr(&pending));
+                    let line = trim_cr(&pending);
+                    if line.len() > MAX_LINE_BYTES {
+                        return Err(too_long());
+                    }
+                    let go = on_line(line);
                     pending.clear();
                     go
                 };
@@ -551,16 +640,9 @@ impl Client {
                 }
                 data = &data[pos + 1..];
             }
-            if pending.len() + data.len() > MAX_LINE_BYTES {
-                return Err(Error::new(
-                    ErrorKind::TooLarge,
-                    format!(
-                        "{}: a line of the stream is longer than {} bytes",
-                        req.label(),
-                        MAX_LINE_BYTES
-                    ),
-                )
-                .with_http_status(status));
+            // Unterminated so far: a `\r` of its `\r\n` may come last.
+            if pending.len() + data.len() > MAX_LINE_BYTES + 1 {
+                return Err(too_long());
             }
             pending.extend_from_slice(data);
         }
@@ -703,6 +785,15 @@ fn location(response: &ureq::http::Response<ureq::Body>) -> Option<String> {
     }
     let value = response.headers().get(ureq::http::header::LOCATION)?;
     value.to_str().ok().map(str::to_string)
+}
+
+/// Records its status as the thread's last HTTP status when dropped.
+struct RecordOnDrop(u16);
+
+impl Drop for RecordOnDrop {
+    fn drop(&mut self) {
+        record_status(self.0);
+    }
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod ffi;
 pub mod global;
+pub mod json;
 pub mod lock;
 mod sync;
 

@@ -840,3 +840,35 @@ fn bad_arguments_are_invalid_even_when_nothing_is_configured() {
     assert_only_nul("bd_container_id(NULL)", &buf);
     assert!(!flag);
 }
+
+/// JSON that the supervisor's `JSON.parse` reads is caller JSON like any
+/// other: an object nested deeper than 127, a lone surrogate escape and a
+/// number beyond f64 are sent exactly as given, not refused.
+#[test]
+fn json_that_json_parse_accepts_is_sent_as_given() {
+    let _g = serial();
+    let sim = fixture();
+    let deep = format!(
+        r#"{{"hostname":"dev","deep":{}1{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    for (case, json) in [
+        ("nested 200 deep", deep.as_str()),
+        ("a lone surrogate", r#"{"hostname":"a\ud800b"}"#),
+        ("1e999", r#"{"hostname":"dev","n":1e999}"#),
+    ] {
+        sim.clear_requests();
+        let text = cstr(json);
+        // SAFETY: a valid C string.
+        let rc = unsafe { bd_set_host_config_json(text.as_ptr()) };
+        assert_ne!(rc, INVALID, "{case}: refused: {}", last_error());
+        sim::check::assert_sent(
+            &sim,
+            "PATCH",
+            "/v1/device/host-config",
+            Some(&sim.api_key()),
+            sim::check::Body::Exact(json),
+        );
+    }
+}

@@ -88,14 +88,24 @@ fn connect(
     Err(last.unwrap_or_else(|| Error::Io(io::ErrorKind::ConnectionRefused.into())))
 }
 
-/// When the step that `timeout` bounds must be done; `None` for never.
+/// When the step that `timeout` bounds must be done; `None` for never. The
+/// request's own deadline on this thread (see `client::io_deadline`) is
+/// kept too, whichever comes first.
 fn deadline(timeout: NextTimeout) -> Result<Option<Instant>, Error> {
-    if timeout.after.is_not_happening() {
-        Ok(None)
+    let ureqs = if timeout.after.is_not_happening() {
+        None
     } else if timeout.after.is_zero() {
-        Err(Error::Timeout(timeout.reason))
+        return Err(Error::Timeout(timeout.reason));
     } else {
-        Ok(Some(Instant::now() + *timeout.after))
+        Some(Instant::now() + *timeout.after)
+    };
+    let at = match (ureqs, super::io_deadline()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match at {
+        Some(at) if at <= Instant::now() => Err(Error::Timeout(timeout.reason)),
+        at => Ok(at),
     }
 }
 

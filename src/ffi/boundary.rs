@@ -1,29 +1,58 @@
 //! The one boundary every export goes through: panics caught, last error and
 //! HTTP status kept per thread, C strings checked, text written snprintf-style.
 
-use std::cell::RefCell;
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::cell::{Cell, UnsafeCell};
+use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::api::{check_service_name, JsonObject};
 use crate::client::{self, Client};
 use crate::error::{Error, ErrorKind, Result};
 use crate::global;
 
+/// Room for the last error of a thread, its NUL included. Longer messages
+/// are cut at a character boundary and end in `...`.
+pub const LAST_ERROR_BYTES: usize = 1024;
+
 thread_local! {
-    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// This thread's last error, NUL-terminated. A fixed buffer, `const` and
+    /// without a destructor: nothing to allocate, nothing to leak at thread
+    /// exit, and usable from a thread's TLS destructors (a `pthread_key`
+    /// destructor may be a thread's first and last caller).
+    static LAST_ERROR: UnsafeCell<[u8; LAST_ERROR_BYTES]> =
+        const { UnsafeCell::new([0; LAST_ERROR_BYTES]) };
+    /// How many boundaries this thread is inside (a log callback may call the
+    /// library again); while it is above 0 a panic prints nothing.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
 }
 
 fn set_last_error(message: &str) {
-    let _ = LAST_ERROR.try_with(|e| {
-        let mut e = e.borrow_mut();
-        // Clearing an already clear message (every successful call) allocates
-        // nothing.
-        if message.is_empty() && e.as_bytes().is_empty() {
+    let _ = LAST_ERROR.try_with(|cell| {
+        // SAFETY: the buffer is this thread's own and no reference to it is
+        // alive (only raw pointers are handed out, to C).
+        let buf = unsafe { &mut *cell.get() };
+        if message.is_empty() {
+            buf[0] = 0;
             return;
         }
-        let bytes: Vec<u8> = message.bytes().filter(|&b| b != 0).collect();
-        *e = CString::new(bytes).unwrap_or_default();
+        let max = LAST_ERROR_BYTES - 1;
+        let mut n = 0;
+        let cut = message.len() > max;
+        let room = if cut { max - 3 } else { max };
+        let mut end = message.len().min(room);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        for &b in message.as_bytes()[..end].iter().filter(|&&b| b != 0) {
+            buf[n] = b;
+            n += 1;
+        }
+        if cut {
+            buf[n..n + 3].copy_from_slice(b"...");
+            n += 3;
+        }
+        buf[n] = 0;
     });
 }
 
@@ -31,8 +60,41 @@ fn set_last_error(message: &str) {
 /// sets or clears it on this thread).
 pub(crate) fn last_error_ptr() -> *const c_char {
     LAST_ERROR
-        .try_with(|e| e.borrow().as_ptr())
+        .try_with(|cell| cell.get().cast::<c_char>().cast_const())
         .unwrap_or(c"".as_ptr())
+}
+
+static QUIET_PANICS: AtomicBool = AtomicBool::new(false);
+
+/// Keep panics inside the boundary off the host's stderr: the boundary turns
+/// them into `BD_ERR_INTERNAL` with the panic's text as the last error.
+/// Panics elsewhere in the process go to the hook that was there before.
+fn quiet_panics() {
+    if QUIET_PANICS.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if DEPTH.try_with(Cell::get).unwrap_or(0) == 0 {
+            previous(info);
+        }
+    }));
+}
+
+/// Being inside a boundary (see `DEPTH`).
+struct Inside;
+
+impl Inside {
+    fn enter() -> Inside {
+        let _ = DEPTH.try_with(|d| d.set(d.get() + 1));
+        Inside
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        let _ = DEPTH.try_with(|d| d.set(d.get().saturating_sub(1)));
+    }
 }
 
 /// Run the body of an export: clear this thread's last error and HTTP status,
@@ -55,12 +117,26 @@ fn ran_twice() -> Error {
 
 #[inline(never)]
 fn run_boundary(body: &mut dyn FnMut() -> Result<c_int>) -> c_int {
+    quiet_panics();
     set_last_error("");
     client::reset_last_http_status();
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(v)) => v,
+    let inside = Inside::enter();
+    let started = client::begin_call();
+    let result = catch_unwind(AssertUnwindSafe(body));
+    client::end_call(started);
+    drop(inside);
+    // What a nested call (from a log callback) left is replaced by what
+    // describes this call.
+    match result {
+        Ok(Ok(v)) => {
+            set_last_error("");
+            v
+        }
         Ok(Err(e)) => {
             set_last_error(e.message());
+            if e.http_status() != 0 {
+                client::record_status(e.http_status());
+            }
             e.code()
         }
         Err(payload) => {

@@ -952,6 +952,49 @@ static void test_threads(void)
     fresh();
 }
 
+/* A thread whose library calls are made from a pthread_key destructor, after
+ * the thread's own TLS destructors have run: its last error must be there
+ * (and, under valgrind, nothing it used may leak). */
+static pthread_key_t g_exit_key;
+static char g_exit_err[512];
+static int g_exit_rc;
+
+static void exit_destructor(void *value)
+{
+    (void)value;
+    g_exit_rc = bd_init("ftp://in-a-destructor", "k");
+    snprintf(g_exit_err, sizeof g_exit_err, "%s", bd_last_error());
+}
+
+static void *exit_thread_body(void *arg)
+{
+    if (arg) /* a call before the destructor, so the thread has used the library */
+        bd_init("ftp://before", "k");
+    pthread_setspecific(g_exit_key, (void *)1);
+    return NULL;
+}
+
+static void test_thread_exit(void)
+{
+    int first;
+    section("calls from a pthread_key destructor");
+    if (pthread_key_create(&g_exit_key, exit_destructor) != 0)
+        die("pthread_key_create failed");
+    for (first = 0; first < 2; first++) {
+        pthread_t t;
+        g_exit_rc = 1;
+        g_exit_err[0] = '\0';
+        if (pthread_create(&t, NULL, exit_thread_body, first ? NULL : (void *)1) != 0)
+            die("pthread_create failed");
+        pthread_join(t, NULL);
+        check_at(g_exit_rc == BD_ERR_INVALID_ARGUMENT && contains(g_exit_err, "ftp://"), __LINE__,
+                 first ? "a first call from a thread-exit destructor keeps its message"
+                       : "a failing call from a thread-exit destructor keeps its message",
+                 "rc %d, last error \"%s\"", g_exit_rc, g_exit_err);
+    }
+    pthread_key_delete(g_exit_key);
+}
+
 typedef int (*text_fn)(char *, size_t);
 
 /* snprintf rules for one text function: size query, full buffer, len 1,
@@ -1716,6 +1759,7 @@ int main(void)
     test_config();
     test_errors();
     test_threads();
+    test_thread_exit();
     test_text_functions();
     test_v1();
     test_v2();
