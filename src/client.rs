@@ -15,6 +15,7 @@ use crate::config::{check_timeout_ms, Address, Config, DEFAULT_TIMEOUT_MS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sync::ForkSafeRwLock;
 
+mod buffers;
 mod tcp;
 
 /// Largest response body accepted (4 MiB). A larger one is
@@ -23,6 +24,14 @@ pub const MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Largest single line accepted from a log stream (1 MiB).
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// Most idle connections a client keeps for reuse. A burst of concurrent
+/// calls opens more; each extra one is closed as soon as its call returns it.
+pub const MAX_IDLE_CONNECTIONS: usize = 4;
+
+/// Largest head (status line and headers) of an answer accepted. A
+/// supervisor's is a few hundred bytes.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// How long a pooled connection may sit idle before it is no longer reused.
 /// The supervisor (Node.js) closes idle connections after 5 s; staying well
@@ -326,8 +335,9 @@ fn agent(address: &Address, timeout_ms: u32) -> ureq::Agent {
         .http_status_as_error(false)
         .max_redirects(0)
         .max_redirects_will_error(false)
-        .max_idle_connections(32)
-        .max_idle_connections_per_host(32)
+        .max_idle_connections(MAX_IDLE_CONNECTIONS)
+        .max_idle_connections_per_host(MAX_IDLE_CONNECTIONS)
+        .max_response_header_size(MAX_HEAD_BYTES)
         .max_idle_age(MAX_IDLE_REUSE)
         .timeout_global(Some(Duration::from_millis(u64::from(timeout_ms))))
         .user_agent(concat!("balena_device/", env!("CARGO_PKG_VERSION")))
@@ -484,6 +494,7 @@ impl Client {
         limit: Limit,
     ) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error> {
         let url = self.url(req, s);
+        buffers::request_line_hint(url.len());
         let agent = &s.agent;
         match (req.method, req.json) {
             (Method::Get, _) => limited(agent.get(&url), limit).call(),
@@ -715,6 +726,13 @@ impl Client {
                 ErrorKind::TooLarge,
                 format!("the answer is larger than the {MAX_BODY_BYTES}-byte cap"),
             ),
+            ureq::Error::Io(io) if local_resource(io).is_some() => (
+                ErrorKind::Io,
+                format!(
+                    "{} (the request to {target} was not completed)",
+                    local_resource(io).unwrap_or_default()
+                ),
+            ),
             ureq::Error::Io(io) => match io.kind() {
                 IoKind::ConnectionRefused
                 | IoKind::AddrNotAvailable
@@ -760,14 +778,44 @@ fn read_capped(
     response: &mut ureq::http::Response<ureq::Body>,
 ) -> std::result::Result<Vec<u8>, ureq::Error> {
     let expected = response.body().content_length().unwrap_or(0);
-    let mut body = Vec::with_capacity(expected.min(MAX_BODY_BYTES) as usize);
-    response
+    // `body[..filled]` is the answer; the rest is zeroed room to read into,
+    // grown by doubling (within the cap), and every growth is fallible.
+    let mut body = Vec::new();
+    grow(&mut body, expected.clamp(1024, MAX_BODY_BYTES) as usize)?;
+    let mut filled = 0;
+    let mut reader = response
         .body_mut()
         .with_config()
         .limit(MAX_BODY_BYTES)
-        .reader()
-        .read_to_end(&mut body)?;
-    Ok(body)
+        .reader();
+    loop {
+        if filled == body.len() {
+            grow(&mut body, (filled * 2).min(MAX_BODY_BYTES as usize + 1))?;
+        }
+        match reader.read(&mut body[filled..]) {
+            Ok(0) => {
+                body.truncate(filled);
+                return Ok(body);
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == IoKind::Interrupted => {}
+            Err(e) => return Err(ureq::Error::from(e)),
+        }
+    }
+}
+
+/// `body` grown to `len` zeroed bytes, or an error saying there is no memory
+/// (never an abort).
+fn grow(body: &mut Vec<u8>, len: usize) -> std::result::Result<(), ureq::Error> {
+    let more = len.saturating_sub(body.len());
+    body.try_reserve_exact(more).map_err(|_| {
+        ureq::Error::Io(std::io::Error::new(
+            IoKind::OutOfMemory,
+            format!("not enough memory for {len} bytes of the answer"),
+        ))
+    })?;
+    body.resize(len, 0);
+    Ok(())
 }
 
 /// `response`'s status and `Location` with its `body`.
@@ -798,6 +846,31 @@ impl Drop for RecordOnDrop {
 
 fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// What a local resource failure is, in words, or `None` for any other
+/// error: no memory, no free file descriptor, no thread.
+pub(crate) fn local_resource(io: &std::io::Error) -> Option<String> {
+    match io.raw_os_error() {
+        Some(libc::EMFILE) => {
+            return Some(format!(
+                "no free file descriptor in this process (EMFILE: {io})"
+            ))
+        }
+        Some(libc::ENFILE) => {
+            return Some(format!(
+                "no free file descriptor in the system (ENFILE: {io})"
+            ))
+        }
+        Some(libc::ENOMEM) | Some(libc::ENOBUFS) => {
+            return Some(format!("not enough memory in the kernel ({io})"))
+        }
+        _ => {}
+    }
+    if io.kind() == IoKind::OutOfMemory {
+        return Some(io.to_string());
+    }
+    None
 }
 
 fn is_stale_connection(err: &ureq::Error) -> bool {

@@ -1,10 +1,26 @@
 //! The TCP transport under ureq: what ureq's own `TcpConnector` does, with
-//! fewer system calls on the path every request takes. ureq sets a socket
-//! timeout before each read and write whenever the time left has changed,
-//! which with a deadline over the whole request is every time, and probes a
-//! pooled connection by switching the socket to non-blocking mode and back
-//! around a read. Here a socket timeout that is already close enough is kept,
-//! and the probe is one non-blocking peek.
+//! what this library needs on top:
+//! - every write is bounded (ureq's connector leaves a socket write that
+//!   cannot proceed without a timeout when a request has none: a stream whose
+//!   request cannot be sent would hang; `faults::stream_request_that_cannot_
+//!   be_sent_times_out` fails without this);
+//! - every connect, write and read also keeps the deadline of the call
+//!   (`client::io_deadline`), which counts from the start of the C call;
+//! - small buffers that grow only for large bodies, allocated fallibly
+//!   (`buffers.rs`);
+//! - a connection closed by the process that opened it is shut down first,
+//!   so the server sees it end even when a forked child still holds a copy
+//!   of the socket (a child's copies are only closed: its parent's
+//!   connections stay intact);
+//! - fewer system calls: a socket timeout that is already close enough is
+//!   kept instead of being set before every read and write, and the probe of
+//!   a pooled connection is one non-blocking peek.
+//!
+//! It implements ureq's `unversioned` transport traits, which ureq may change
+//! in any release (hence the exact pin in Cargo.toml): an upgrade that changes
+//! `Transport`, `Buffers`, `Connector` or `NextTimeout` breaks the build here,
+//! not the behaviour; `cargo test --lib client::tcp` and `tests/faults.rs`
+//! show the behaviour.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,9 +29,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, ShutdownHandle, Transport,
+    Buffers, ConnectionDetails, Connector, NextTimeout, ShutdownHandle, Transport,
 };
 use ureq::{Error, Timeout};
+
+use super::buffers::ConnBuffers;
 
 /// Opens plain TCP connections (no proxy, no TLS).
 #[derive(Debug)]
@@ -29,14 +47,11 @@ impl Connector for PlainTcp {
         details: &ConnectionDetails,
         _chained: Option<()>,
     ) -> Result<Option<TcpTransport>, Error> {
+        let buffers = ConnBuffers::new()?;
         let stream = connect(&details.addrs, deadline(details.timeout)?, details.timeout)?;
         if details.config.no_delay() {
             stream.set_nodelay(true)?;
         }
-        let buffers = LazyBuffers::new(
-            details.config.input_buffer_size(),
-            details.config.output_buffer_size(),
-        );
         let transport = TcpTransport::new(stream, buffers);
         // Lets `Agent::shutdown` interrupt a call blocked on this socket.
         let handle = Arc::downgrade(&transport.stream) as Weak<dyn ShutdownHandle>;
@@ -116,27 +131,40 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// A connected socket with ureq's buffers.
+/// A connected socket with its buffers.
 #[derive(Debug)]
 pub(super) struct TcpTransport {
     /// Shared (weakly) with the shutdown handle.
     stream: Arc<TcpStream>,
-    buffers: LazyBuffers,
+    buffers: ConnBuffers,
     /// The socket's receive and send timeouts as last set (`None`: none).
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
-    /// Used since the last probe (see `is_open`).
-    used: bool,
+    /// The process that opened the connection.
+    pid: u32,
 }
 
 impl TcpTransport {
-    fn new(stream: TcpStream, buffers: LazyBuffers) -> TcpTransport {
+    fn new(stream: TcpStream, buffers: ConnBuffers) -> TcpTransport {
         TcpTransport {
             stream: Arc::new(stream),
             buffers,
             read_timeout: None,
             write_timeout: None,
-            used: false,
+            pid: std::process::id(),
+        }
+    }
+}
+
+impl Drop for TcpTransport {
+    /// In the process that opened it, end the connection for the server
+    /// too (a forked child may hold a copy of the socket, which would keep it
+    /// open). In a forked child, only close this copy: `shutdown()` would end
+    /// the parent's connection.
+    fn drop(&mut self) {
+        if self.pid == std::process::id() {
+            // SAFETY: a valid socket; failure (already shut down) is harmless.
+            unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_RDWR) };
         }
     }
 }
@@ -194,7 +222,6 @@ impl Transport for TcpTransport {
     }
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
-        self.used = true;
         let timeout = timeout.for_write();
         let deadline = deadline(timeout)?;
         let stream = &*self.stream;
@@ -217,11 +244,12 @@ impl Transport for TcpTransport {
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
-        self.used = true;
         let timeout = timeout.for_read();
         let deadline = deadline(timeout)?;
+        self.buffers.make_room()?;
         let stream = &*self.stream;
         let input = self.buffers.input_append_buf();
+        let offered = input.len();
         let got = io_until(
             stream,
             &mut self.read_timeout,
@@ -231,21 +259,17 @@ impl Transport for TcpTransport {
             || (&*stream).read(input),
         )?;
         self.buffers.input_appended(got);
+        self.buffers.read_done(got, offered);
         Ok(got > 0)
     }
 
     /// Open when nothing is waiting to be read: bytes nobody asked for, the
     /// peer's close (end of stream) or an error all mean it is not reusable.
-    ///
-    /// ureq asks twice per request: when the connection goes back to the pool
-    /// right after the answer, and when the pool hands it out again. Only the
-    /// second probe looks: it sees everything the first would have seen, and
-    /// whatever happened while the connection was idle; a connection that
-    /// fails it is dropped and the request goes out on a new one.
+    /// ureq asks when the connection goes back to the pool and when the pool
+    /// hands it out again; each time costs one non-blocking peek. Going back
+    /// to the pool, the buffers return to their first sizes.
     fn is_open(&mut self) -> bool {
-        if std::mem::take(&mut self.used) {
-            return true;
-        }
+        self.buffers.shrink();
         let mut byte = 0u8;
         loop {
             // SAFETY: a valid socket and a writable 1-byte buffer.
@@ -280,7 +304,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         (
-            TcpTransport::new(client, LazyBuffers::new(1024, 1024)),
+            TcpTransport::new(client, ConnBuffers::new().unwrap()),
             server,
         )
     }
@@ -364,16 +388,29 @@ mod tests {
     }
 
     #[test]
-    fn only_the_probe_after_an_idle_time_looks() {
+    fn bytes_after_the_answer_make_the_connection_unusable() {
         let (mut t, mut server) = pair();
         server.write_all(b"x").unwrap();
         assert!(t.await_input(within(1000)).unwrap());
         t.buffers.input_consume(1);
-        // Extra bytes after the answer: returning to the pool does not look,
-        // handing it out again does.
+        // Extra bytes after the answer: the probe when it goes back to the
+        // pool sees them.
         server.write_all(b"junk").unwrap();
         thread::sleep(Duration::from_millis(50));
-        assert!(t.is_open());
         assert!(!t.is_open());
+    }
+
+    #[test]
+    fn dropping_a_connection_ends_it_for_the_server_despite_another_copy() {
+        let (t, mut server) = pair();
+        // A second descriptor of the same socket, as a forked child has.
+        let copy = t.stream.try_clone().unwrap();
+        drop(t);
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(server.read(&mut buf).unwrap(), 0, "the server saw no end");
+        drop(copy);
     }
 }
