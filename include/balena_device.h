@@ -43,46 +43,10 @@
 #define BD_VERSION_STRING "0.1.0"
 
 /**
- * Most idle connections a client keeps for reuse. A burst of concurrent
- * calls opens more; each extra one is closed as soon as its call returns it.
- */
-#define MAX_IDLE_CONNECTIONS 4
-
-/**
- * Largest head (status line and headers) of an answer accepted. A
- * supervisor's is a few hundred bytes.
- */
-#define MAX_HEAD_BYTES (16 * 1024)
-
-/**
- * First size of the input buffer: a supervisor answer's head and most
- * bodies (`/v1/device` is about 500 bytes) fit.
- */
-#define INPUT_START (4 * 1024)
-
-/**
- * The input buffer grows, while reads keep filling it, up to this.
- */
-#define INPUT_MAX (64 * 1024)
-
-/**
- * First size of the output buffer. It must hold the longest line of a
- * request's head; a longer request line (a long service name) makes it
- * grow to fit (see [`request_line_hint`]).
- */
-#define OUTPUT_START (4 * 1024)
-
-/**
  * App id meaning "this app": `BALENA_APP_ID`, else `RESIN_APP_ID`
  * (unset → `BD_ERR_NOT_CONFIGURED`).
  */
 #define BD_CURRENT_APP 0
-
-/**
- * Room for the last error of a thread, its NUL included. Longer messages
- * are cut at a character boundary and end in `...`.
- */
-#define LAST_ERROR_BYTES 1024
 
 /**
  * Status codes. Every function returning `int` returns `BD_OK` (0) or a

@@ -4,19 +4,18 @@
 
 use std::cell::Cell;
 use std::io::{ErrorKind as IoKind, Read};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::NextTimeout;
 
 use crate::config::{check_timeout_ms, Address, Config, DEFAULT_TIMEOUT_MS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sync::ForkSafeRwLock;
 
 mod buffers;
+mod resolve;
 mod tcp;
+
+pub use resolve::lookups_started;
 
 /// Largest response body accepted (4 MiB). A larger one is
 /// [`ErrorKind::TooLarge`]; reading stops at the cap, so memory stays bounded.
@@ -228,58 +227,18 @@ pub fn percent_encode(text: &str) -> String {
     out
 }
 
-/// Resolves the client's address once when its host is an IP address, and
-/// leaves a host name to ureq's resolver. ureq resolves the host before every
-/// request, a pooled connection or not, and its resolver looks names up on a
-/// new thread whenever the request has a deadline (every request here has
-/// one): without this, every call would start and join a thread. The agent
-/// only ever requests the client's own address (no proxy, no redirects).
+/// A local resource the call could not get (a thread, memory), carried
+/// inside an `io::Error` so that its message reaches the caller as such.
 #[derive(Debug)]
-struct AddressResolver {
-    literal: Option<SocketAddr>,
-}
+pub(crate) struct ResourceFailure(pub(crate) String);
 
-impl AddressResolver {
-    fn new(address: &Address) -> AddressResolver {
-        let ip = address
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>();
-        AddressResolver {
-            literal: ip.ok().map(|ip| SocketAddr::new(ip, address.port())),
-        }
+impl std::fmt::Display for ResourceFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
-impl Resolver for AddressResolver {
-    fn resolve(
-        &self,
-        uri: &ureq::http::Uri,
-        config: &ureq::config::Config,
-        timeout: NextTimeout,
-    ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
-        match self.literal {
-            Some(addr) => {
-                let mut addrs = ResolvedSocketAddrs::from_fn(|_| addr);
-                addrs.push(addr);
-                Ok(addrs)
-            }
-            None => DefaultResolver::default()
-                .resolve(uri, config, timeout)
-                .map_err(lookup_failure),
-        }
-    }
-}
-
-/// A name that does not resolve is a wrong address (ureq's resolver gives it
-/// as an I/O error), not a connection that broke.
-fn lookup_failure(e: ureq::Error) -> ureq::Error {
-    match e {
-        ureq::Error::Io(_) => ureq::Error::HostNotFound,
-        other => other,
-    }
-}
+impl std::error::Error for ResourceFailure {}
 
 /// What a call uses: replaced whole when the key or the timeout changes, so
 /// that a call takes one consistent snapshot with one lock.
@@ -344,7 +303,12 @@ fn agent(address: &Address, timeout_ms: u32) -> ureq::Agent {
         .build();
     // Plain TCP only: ureq's default chain adds proxy and TLS connectors,
     // which an http:// address with the proxy off never uses.
-    ureq::Agent::with_parts(config, tcp::PlainTcp, AddressResolver::new(address))
+    let lookup = resolve::Lookup::new(address);
+    ureq::Agent::with_parts(
+        config,
+        tcp::PlainTcp(lookup.clone()),
+        resolve::AddressResolver(lookup),
+    )
 }
 
 /// `builder` bounded by `limit`.
@@ -870,7 +834,9 @@ pub(crate) fn local_resource(io: &std::io::Error) -> Option<String> {
     if io.kind() == IoKind::OutOfMemory {
         return Some(io.to_string());
     }
-    None
+    io.get_ref()
+        .and_then(|e| e.downcast_ref::<ResourceFailure>())
+        .map(|r| r.0.clone())
 }
 
 fn is_stale_connection(err: &ureq::Error) -> bool {
@@ -983,22 +949,45 @@ mod tests {
 
     #[test]
     fn a_name_that_does_not_resolve_is_a_connect_error() {
-        let lookup = std::io::Error::other("failed to lookup address information");
-        let mapped = lookup_failure(ureq::Error::Io(lookup));
-        assert!(matches!(mapped, ureq::Error::HostNotFound), "{mapped:?}");
-        let timeout = lookup_failure(ureq::Error::Timeout(ureq::Timeout::Resolve));
-        assert!(matches!(timeout, ureq::Error::Timeout(_)), "{timeout:?}");
-
         let config = Config::new(Some("http://device.local:48484"), Some("k")).unwrap();
         let client = Client::new(config);
         let err = client.transport_error(
             &client.settings(),
             &Request::get("/ping"),
-            mapped,
+            ureq::Error::HostNotFound,
             Duration::from_secs(1),
         );
         assert_eq!(err.kind(), ErrorKind::Connect, "{err:?}");
         assert!(err.message().contains("resolve"), "{err:?}");
+    }
+
+    #[test]
+    fn local_resource_failures_are_named() {
+        let client = Client::new(Config::new(Some("http://127.0.0.1:1"), Some("k")).unwrap());
+        for (io, want) in [
+            (
+                std::io::Error::from_raw_os_error(libc::EMFILE),
+                "no free file descriptor",
+            ),
+            (
+                std::io::Error::other(ResourceFailure("no thread could be started".into())),
+                "no thread",
+            ),
+            (
+                std::io::Error::new(IoKind::OutOfMemory, "not enough memory for 9 bytes"),
+                "not enough memory",
+            ),
+        ] {
+            let err = client.transport_error(
+                &client.settings(),
+                &Request::get("/ping"),
+                ureq::Error::Io(io),
+                Duration::from_secs(1),
+            );
+            assert_eq!(err.kind(), ErrorKind::Io, "{err:?}");
+            assert!(err.message().contains(want), "{err:?}");
+            assert!(!err.message().contains("broke"), "{err:?}");
+        }
     }
 
     #[test]

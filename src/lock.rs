@@ -136,8 +136,18 @@ pub fn lock_updates() -> Result<()> {
         ));
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| io_error("cannot create the directory of", &path, e))?;
+        std::fs::create_dir_all(parent).map_err(|e| match not_a_directory(parent) {
+            Some(file) => Error::new(
+                ErrorKind::Io,
+                format!(
+                    "cannot create the directory of the update lock {}: {} is not a directory \
+                     (ENOTDIR)",
+                    path.display(),
+                    file.display()
+                ),
+            ),
+            None => io_error("cannot create the directory of", &path, e),
+        })?;
     }
     let cpath = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::invalid("the lock path contains a NUL byte"))?;
@@ -151,7 +161,17 @@ pub fn lock_updates() -> Result<()> {
     };
     if fd < 0 {
         let e = io::Error::last_os_error();
-        return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+        let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        return Err(if e.kind() == io::ErrorKind::AlreadyExists && is_dir {
+            Error::new(
+                ErrorKind::Io,
+                format!(
+                    "the update lock path {} is a directory, not a lock file: choose another \
+                     path with bd_set_update_lock_path",
+                    path.display()
+                ),
+            )
+        } else if e.kind() == io::ErrorKind::AlreadyExists {
             Error::new(
                 ErrorKind::Locked,
                 format!(
@@ -196,6 +216,15 @@ pub fn lock_updates() -> Result<()> {
         pid: std::process::id(),
     });
     Ok(())
+}
+
+/// The first existing component of `dir` (or `dir` itself) that is not a
+/// directory, if any.
+fn not_a_directory(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .filter_map(|p| std::fs::metadata(p).ok().map(|m| (p, m)))
+        .find(|(_, m)| !m.is_dir())
+        .map(|(p, _)| p.to_path_buf())
 }
 
 /// Release the update lock: remove the file if the path still names the file

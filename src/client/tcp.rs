@@ -34,10 +34,12 @@ use ureq::unversioned::transport::{
 use ureq::{Error, Timeout};
 
 use super::buffers::ConnBuffers;
+use super::resolve::Lookup;
 
-/// Opens plain TCP connections (no proxy, no TLS).
+/// Opens plain TCP connections (no proxy, no TLS) to the client's address;
+/// a failure to connect makes the address be looked up again next time.
 #[derive(Debug)]
-pub(super) struct PlainTcp;
+pub(super) struct PlainTcp(pub(super) Arc<Lookup>);
 
 impl Connector for PlainTcp {
     type Out = TcpTransport;
@@ -48,7 +50,8 @@ impl Connector for PlainTcp {
         _chained: Option<()>,
     ) -> Result<Option<TcpTransport>, Error> {
         let buffers = ConnBuffers::new()?;
-        let stream = connect(&details.addrs, deadline(details.timeout)?, details.timeout)?;
+        let stream = connect(&details.addrs, deadline(details.timeout)?, details.timeout)
+            .inspect_err(|_| self.0.forget())?;
         if details.config.no_delay() {
             stream.set_nodelay(true)?;
         }
@@ -106,7 +109,7 @@ fn connect(
 /// When the step that `timeout` bounds must be done; `None` for never. The
 /// request's own deadline on this thread (see `client::io_deadline`) is
 /// kept too, whichever comes first.
-fn deadline(timeout: NextTimeout) -> Result<Option<Instant>, Error> {
+pub(super) fn deadline(timeout: NextTimeout) -> Result<Option<Instant>, Error> {
     let ureqs = if timeout.after.is_not_happening() {
         None
     } else if timeout.after.is_zero() {
