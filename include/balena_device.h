@@ -25,6 +25,22 @@
  * BD_ERR_TIMEOUT, BD_ERR_IO, BD_ERR_UNAUTHORIZED (401), BD_ERR_SERVER (5xx),
  * BD_ERR_HTTP (other statuses, redirects), BD_ERR_TOO_LARGE and
  * BD_ERR_INTERNAL. See README.md.
+ *
+ * Resources: a client keeps at most 4 idle connections (a burst of
+ * concurrent calls opens more; each extra one is closed when its call ends),
+ * each with about 16 KiB of buffers that grow only for large answers; a host
+ * name is looked up once per client (again after a failed connect), on one
+ * thread at a time. A thread that calls the library needs at least 32 KiB of
+ * stack (measured: the release library's calls need under 28 KiB; a debug
+ * build needs about 96 KiB). A local resource failure (no memory, no free
+ * file descriptor, no thread) is BD_ERR_IO with a message naming it, never
+ * an abort.
+ *
+ * fork(): a child may call any function at once. It never uses a
+ * connection or stream of its parent (it closes its copies, without
+ * shutdown()), never blocks on a lock another parent thread held at the fork
+ * (pthread_atfork handlers keep every library lock free at the instant of a
+ * fork), and never releases the parent's update lock.
  */
 
 #ifndef BALENA_DEVICE_H
@@ -205,7 +221,9 @@ const char *bd_strerror(int status);
  * why (e.g. "POST /v1/reboot: update lock held ... (HTTP 423): ..."), never
  * containing the API key. `""` after a success. Valid until the next `bd_`
  * call on this thread (other than `bd_last_error`, `bd_last_http_status`,
- * `bd_strerror` and `bd_version`). Never NULL.
+ * `bd_strerror` and `bd_version`). Never NULL. At most 1023 bytes (a longer
+ * message is cut and ends in "..."); kept in a fixed per-thread buffer, so
+ * it works in thread-exit destructors too and needs nothing freed.
  */
 const char *bd_last_error(void);
 

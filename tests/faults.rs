@@ -749,6 +749,9 @@ fn stream_request_that_cannot_be_sent_times_out() {
     let (rc, took) =
         timed(|| unsafe { bd_journal_logs(options.as_ptr(), Some(never_called), ptr::null_mut()) });
     assert_eq!(rc, TIMEOUT, "{}", last_error());
+    // The deadline counts from the start of the call, so checking the 8 MiB
+    // argument is inside it: the call ends at its deadline, not after it.
+    assert!(took >= Duration::from_millis(495), "ended early: {took:?}");
     assert_within(took, 500, "journal request that cannot be sent");
     assert!(
         srv.connections() >= 1,

@@ -451,3 +451,52 @@ fn with_little_memory_left_a_call_fails_or_works_but_never_aborts() {
         assert_eq!(libc::WEXITSTATUS(status), 0, "{room_kib} KiB");
     }
 }
+
+#[test]
+fn the_header_states_the_idle_connection_limit_and_the_stack_a_call_needs() {
+    let header = balena_device::GENERATED_HEADER;
+    let idle = format!(
+        "at most {} idle connections",
+        balena_device::client::MAX_IDLE_CONNECTIONS
+    );
+    assert!(header.contains(&idle), "the header does not say {idle:?}");
+    assert!(
+        header.contains("at least 32 KiB of\n * stack"),
+        "no stack minimum in the header"
+    );
+}
+
+#[test]
+fn calls_work_on_a_small_thread_stack() {
+    let _g = serial();
+    let sim = Sim::start();
+    fresh_client(&sim.address(), &sim.api_key());
+    // What the header states for the release library; this test runs the
+    // build it was compiled in (a debug build needs about 96 KiB).
+    let stack = if cfg!(debug_assertions) { 128 } else { 32 } * 1024;
+    let address = format!("http://localhost:{}", sim.port());
+    let key = sim.api_key();
+    let worker = thread::Builder::new()
+        .stack_size(stack)
+        .spawn(move || {
+            let mut st: bd_device_state = unsafe { std::mem::zeroed() };
+            let mut seen = Seen::default();
+            let opts = cstr(r#"{"count":2}"#);
+            let a = cstr(&address);
+            let k = cstr(&key);
+            [
+                bd_ping(),
+                unsafe { bd_state(&mut st) },
+                unsafe {
+                    bd_journal_logs(opts.as_ptr(), Some(record), (&mut seen as *mut Seen).cast())
+                },
+                unsafe { bd_init(c"ftp://x".as_ptr(), k.as_ptr()) },
+                unsafe { bd_init(a.as_ptr(), k.as_ptr()) },
+                bd_ping(),
+            ]
+        })
+        .unwrap();
+    let rcs = worker.join().expect("the call overflowed a small stack");
+    assert_eq!(rcs, [OK, OK, OK, INVALID, OK, OK]);
+    bd_cleanup();
+}

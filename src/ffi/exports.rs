@@ -39,7 +39,9 @@ pub extern "C" fn bd_strerror(status: c_int) -> *const c_char {
 /// why (e.g. "POST /v1/reboot: update lock held ... (HTTP 423): ..."), never
 /// containing the API key. `""` after a success. Valid until the next `bd_`
 /// call on this thread (other than `bd_last_error`, `bd_last_http_status`,
-/// `bd_strerror` and `bd_version`). Never NULL.
+/// `bd_strerror` and `bd_version`). Never NULL. At most 1023 bytes (a longer
+/// message is cut and ends in "..."); kept in a fixed per-thread buffer, so
+/// it works in thread-exit destructors too and needs nothing freed.
 #[no_mangle]
 pub extern "C" fn bd_last_error() -> *const c_char {
     super::boundary::last_error_ptr()
