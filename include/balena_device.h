@@ -54,9 +54,9 @@
 
 /* Library version, from Cargo.toml (equals bd_version()). */
 #define BD_VERSION_MAJOR 0
-#define BD_VERSION_MINOR 1
+#define BD_VERSION_MINOR 2
 #define BD_VERSION_PATCH 0
-#define BD_VERSION_STRING "0.1.0"
+#define BD_VERSION_STRING "0.2.0"
 
 /**
  * App id meaning "this app": `BALENA_APP_ID`, else `RESIN_APP_ID`
@@ -102,8 +102,9 @@ typedef enum bd_status {
    */
   BD_ERR_UNAUTHORIZED = -6,
   /**
-   * HTTP 423: an update lock is held; retry with `force`. Also: the update
-   * lock file already exists (`bd_lock_updates`).
+   * HTTP 423: an app's update lock is held; `force` overrides it. Also:
+   * the update lock file already exists (`bd_lock_updates`). See also
+   * `BD_ERR_BUSY` and `BD_ERR_HOST_UPDATE`, the other two kinds of 423.
    */
   BD_ERR_LOCKED = -7,
   /**
@@ -137,7 +138,47 @@ typedef enum bd_status {
    * A bug inside the library (a caught panic).
    */
   BD_ERR_INTERNAL = -14,
+  /**
+   * HTTP 423 that `force` cannot override: another supervisor operation
+   * holds the app's locks (the supervisor waited about 10 s and gave up),
+   * or any 423 answered although `force` was sent. Retry later.
+   */
+  BD_ERR_BUSY = -15,
+  /**
+   * HTTP 423 on reboot/shutdown: a host OS update is finishing. Do not
+   * force: it can leave the device stuck mid-update. Retry later.
+   */
+  BD_ERR_HOST_UPDATE = -16,
 } bd_status;
+
+/**
+ * Who holds the update lock (`bd_update_lock_holder`).
+ */
+typedef enum bd_lock_holder {
+  /**
+   * No lock file.
+   */
+  BD_LOCK_NONE = 0,
+  /**
+   * Taken by `bd_lock_updates` in this process.
+   */
+  BD_LOCK_THIS_PROCESS = 1,
+  /**
+   * Anyone else: another process of the container, a shell
+   * `lockfile`/`flock`, a file of unknown origin.
+   */
+  BD_LOCK_OTHER = 2,
+  /**
+   * The file is owned by uid 65534: the supervisor itself is stopping or
+   * updating services.
+   */
+  BD_LOCK_SUPERVISOR = 3,
+  /**
+   * Left by a `bd_lock_updates` of a process that is gone (its flock is
+   * free); the next `bd_lock_updates` takes it over.
+   */
+  BD_LOCK_STALE = 4,
+} bd_lock_holder;
 
 /**
  * Called once per line of a log stream, as it arrives: `line` is
@@ -257,14 +298,21 @@ int bd_init_from_env(void);
 
 /**
  * Set the deadline of one whole request (connect, send, receive), in
- * milliseconds; default 30000. For log streams it is the longest allowed
- * stall. Returns `BD_OK`, or `BD_ERR_INVALID_ARGUMENT` for 0.
+ * milliseconds, counted from the start of the call; default 30000. For log
+ * streams it bounds connecting and the answer's head (silence after that is
+ * `bd_set_stream_timeout_ms`). Actions (reboot, restart, stop, purge, ...)
+ * get the same deadline; the supervisor answers them when the work is done,
+ * so a BD_ERR_TIMEOUT from an action says it may still happen, and the
+ * library never re-sends one. Returns `BD_OK`, or `BD_ERR_INVALID_ARGUMENT`
+ * for 0.
  */
 int bd_set_timeout_ms(uint32_t ms);
 
 /**
  * Drop the default client and its pooled connections and restore the
- * default timeout; the next call starts from the environment again. Calls
+ * default timeout and stream timeout; the next call starts from the
+ * environment again (with the newest key if `bd_regenerate_api_key`
+ * replaced the environment's). Calls
  * in progress on other threads finish normally. Never fails.
  */
 void bd_cleanup(void);
@@ -288,13 +336,19 @@ int bd_blink(void);
 
 /**
  * `POST /v1/reboot` with `{"force":force}`. Returns `BD_OK` (202);
- * `BD_ERR_LOCKED` (423) when an update lock is held and `force` is false.
+ * `BD_ERR_LOCKED` (423) when an app's update lock is held and `force` is
+ * false; `BD_ERR_HOST_UPDATE` (423) while a host OS update is finishing (do
+ * not force); `BD_ERR_BUSY` (423) when the supervisor's own operation holds
+ * the locks, or a 423 came although `force` was sent.
  */
 int bd_reboot(bool force);
 
 /**
  * `POST /v1/shutdown` with `{"force":force}`. Returns `BD_OK` (202);
- * `BD_ERR_LOCKED` (423) when an update lock is held and `force` is false.
+ * `BD_ERR_LOCKED` (423) when an app's update lock is held and `force` is
+ * false; `BD_ERR_HOST_UPDATE` (423) while a host OS update is finishing (do
+ * not force); `BD_ERR_BUSY` (423) when the supervisor's own operation holds
+ * the locks, or a 423 came although `force` was sent.
  */
 int bd_shutdown(bool force);
 
@@ -305,18 +359,28 @@ int bd_shutdown(bool force);
 int bd_update(bool force);
 
 /**
+ * `POST /v1/update` with `{"force":force,"cancel":true}`: abandon the apply
+ * in progress and apply the newest target state (what works when an apply
+ * is stuck behind a lock). Returns `BD_OK` on 202 or 204.
+ */
+int bd_update_cancel(bool force);
+
+/**
  * `POST /v1/purge` with `{"appId":app_id}`: purge the app's data.
  * `app_id` may be `BD_CURRENT_APP`. Returns `BD_OK`; `BD_ERR_BAD_REQUEST`
- * (400), `BD_ERR_LOCKED` (423), `BD_ERR_SERVER` (503: app not on the device),
- * `BD_ERR_NOT_CONFIGURED` (`BD_CURRENT_APP` without an app id).
+ * (400), `BD_ERR_LOCKED` (423; `BD_ERR_BUSY` when forcing cannot help), `BD_ERR_SERVER` (503: app not on the device),
+ * `BD_ERR_NOT_CONFIGURED` (`BD_CURRENT_APP` without an app id). The
+ * supervisor also reads `force` here; `bd_purge_app` is the form that sends
+ * it.
  */
 int bd_purge(uint32_t app_id);
 
 /**
  * `POST /v1/restart` with `{"appId":app_id}`. `app_id` may be
  * `BD_CURRENT_APP`. Returns `BD_OK`; `BD_ERR_BAD_REQUEST` (400),
- * `BD_ERR_LOCKED` (423), `BD_ERR_SERVER` (503: app not on the device),
- * `BD_ERR_NOT_CONFIGURED`.
+ * `BD_ERR_LOCKED` (423; `BD_ERR_BUSY` when forcing cannot help), `BD_ERR_SERVER` (503: app not on the device),
+ * `BD_ERR_NOT_CONFIGURED`. The supervisor also reads `force` here;
+ * `bd_restart_app` is the form that sends it.
  */
 int bd_restart(uint32_t app_id);
 
@@ -326,7 +390,13 @@ int bd_restart(uint32_t app_id);
  * new key at once (the old one is rejected by the supervisor). Every call
  * regenerates the key, a size query `(NULL, 0)` too: pass a buffer of at
  * least 65 bytes, or the caller never sees the whole new key (the library
- * still uses it). Errors:
+ * still uses it). A key this process later takes from the environment
+ * (first use, `bd_init_from_env`, `bd_init` with a NULL key, after
+ * `bd_cleanup`) that was replaced is replaced by the newest key: the
+ * container's `BALENA_SUPERVISOR_API_KEY` keeps the old key until the
+ * supervisor recreates the container at its next apply. Other processes of
+ * the container keep the old key until then (their calls get 401); a key
+ * passed to `bd_init` explicitly is used as given. Errors:
  * `BD_ERR_INVALID_ARGUMENT` (`buf` NULL with `len` > 0; nothing sent),
  * `BD_ERR_INVALID_RESPONSE` (the answer is not a key).
  *
@@ -362,14 +432,17 @@ int bd_start_app(uint32_t app_id, char *buf, size_t len);
 /**
  * `POST /v1/apps/:appId/stop` with `{"force":force}`. Writes the container
  * id into `(buf, len)` (may be NULL with `len` 0) and returns its length.
- * Errors: `BD_ERR_LOCKED` (423), `BD_ERR_BAD_REQUEST` (400),
+ * Errors: `BD_ERR_LOCKED` (423; `BD_ERR_BUSY` when forcing cannot help), `BD_ERR_BAD_REQUEST` (400),
  * `BD_ERR_SERVER` (503), `BD_ERR_INVALID_RESPONSE` (no `containerId`),
  * `BD_ERR_INVALID_ARGUMENT`.
  *
  * # Safety
  * `buf` must be NULL (with `len` 0) or point to `len` writable bytes.
  */
-int bd_stop_app(uint32_t app_id, bool force, char *buf, size_t len);
+int bd_stop_app(uint32_t app_id,
+                bool force,
+                char *buf,
+                size_t len);
 
 /**
  * `GET /v1/device`. Writes the JSON object text into `(buf, len)`
@@ -396,7 +469,8 @@ int bd_host_config_json(char *buf, size_t len);
  * `{"network":{"hostname":"x"}}`) sent as given: its own top-level `force`
  * overrides an update lock. Returns `BD_OK`; `BD_ERR_INVALID_ARGUMENT`
  * (NULL, not UTF-8, not a JSON object; nothing sent), `BD_ERR_BAD_REQUEST`
- * (400: no `network` object), `BD_ERR_LOCKED` (423).
+ * (400: no `network` object), `BD_ERR_LOCKED` (423: changing `hostname` or
+ * `proxy` takes the update locks; `BD_ERR_BUSY` when forcing cannot help).
  *
  * # Safety
  * `json` must be NULL or a NUL-terminated string.
@@ -440,13 +514,15 @@ int bd_state_status_json(char *buf, size_t len);
  * `{"serviceName":service,"force":force}`. `app_id` may be `BD_CURRENT_APP`.
  * Returns `BD_OK`; `BD_ERR_INVALID_ARGUMENT` (service NULL, empty, not
  * UTF-8, control characters; nothing sent), `BD_ERR_NOT_FOUND` (404: unknown
- * service), `BD_ERR_BAD_REQUEST` (400), `BD_ERR_LOCKED` (423),
+ * service), `BD_ERR_BAD_REQUEST` (400), `BD_ERR_LOCKED` (423; `BD_ERR_BUSY` when forcing cannot help),
  * `BD_ERR_SERVER` (503: app not on the device).
  *
  * # Safety
  * `service` must be NULL or a NUL-terminated string.
  */
-int bd_restart_service(uint32_t app_id, const char *service, bool force);
+int bd_restart_service(uint32_t app_id,
+                       const char *service,
+                       bool force);
 
 /**
  * `POST /v2/applications/:appId/stop-service` with
@@ -491,10 +567,11 @@ int bd_start_service_by_image(uint32_t app_id, uint32_t image_id, bool force);
 /**
  * `POST /v2/applications/:appId/restart` with `{"force":force}`: restart
  * every service of the app. `app_id` may be `BD_CURRENT_APP`. Returns
- * `BD_OK`; `BD_ERR_BAD_REQUEST` (400), `BD_ERR_LOCKED` (423),
+ * `BD_OK`; `BD_ERR_BAD_REQUEST` (400), `BD_ERR_LOCKED` (423; `BD_ERR_BUSY` when forcing cannot help),
  * `BD_ERR_SERVER`, `BD_ERR_NOT_CONFIGURED`.
  */
-int bd_restart_app(uint32_t app_id, bool force);
+int bd_restart_app(uint32_t app_id,
+                   bool force);
 
 /**
  * `POST /v2/applications/:appId/purge` with `{"force":force}`: purge the
@@ -598,7 +675,10 @@ int bd_local_target_state_json(char *buf, size_t len);
  * `POST /v2/local/target-state` with `json` (a JSON object) as the body.
  * Returns `BD_OK`; `BD_ERR_INVALID_ARGUMENT` (NULL, not UTF-8, not a JSON
  * object; nothing sent), `BD_ERR_BAD_REQUEST` (400: device not in local
- * mode, or an invalid state).
+ * mode, or an invalid state). A malformed state (e.g. an `apps` key that is
+ * not a number) can make the supervisor process exit: the call then fails
+ * with `BD_ERR_IO` (the connection dropped) and later calls with
+ * `BD_ERR_CONNECT` until the supervisor is back.
  *
  * # Safety
  * `json` must be NULL or a NUL-terminated string.
@@ -618,11 +698,15 @@ int bd_device_info_json(char *buf, size_t len);
 
 /**
  * `POST /v2/journal-logs` with `options_json` as the body (a JSON object,
- * e.g. `{"count":10,"format":"json"}`, sent as given). Each line of the
+ * e.g. `{"count":10,"format":"json"}`, sent as given; `"follow":true`
+ * keeps it open). The way to read a managed device's logs. Each line of the
  * answer goes to `cb` as it arrives; `cb` returning non-zero stops the
- * stream and closes the connection. Returns `BD_OK` when the stream ends or
- * is stopped; `BD_ERR_TIMEOUT` when no byte arrives for the timeout (there
- * is no overall deadline); `BD_ERR_INVALID_ARGUMENT` (NULL options or
+ * stream and closes the connection. Returns `BD_OK` when the stream ends
+ * (also when the supervisor closes it), is stopped by `cb` or by
+ * `bd_stop_streams`; `BD_ERR_TIMEOUT` when connecting or the answer's head
+ * takes longer than the request timeout, or when a stream timeout is set
+ * (`bd_set_stream_timeout_ms`) and no byte arrives for it (a followed
+ * journal on a quiet device may stay silent: by default it waits); `BD_ERR_INVALID_ARGUMENT` (NULL options or
  * callback, options not a JSON object; nothing sent); `BD_ERR_TOO_LARGE` (a
  * line over 1 MiB).
  *
@@ -630,13 +714,18 @@ int bd_device_info_json(char *buf, size_t len);
  * `options_json` must be NULL or a NUL-terminated string; `cb` NULL or a
  * valid function; `userdata` is passed through untouched.
  */
-int bd_journal_logs(const char *options_json, bd_line_cb cb, void *userdata);
+int bd_journal_logs(const char *options_json,
+                    bd_line_cb cb,
+                    void *userdata);
 
 /**
- * `GET /v2/local/logs` (NDJSON, open until the caller stops). Each line goes
- * to `cb` as it arrives; `cb` returning non-zero stops the stream and closes
- * the connection. Returns `BD_OK` when stopped or ended; `BD_ERR_TIMEOUT`
- * when no byte arrives for the timeout; `BD_ERR_INVALID_ARGUMENT` (NULL
+ * `GET /v2/local/logs` (NDJSON, open until the caller stops). **Local mode
+ * only**: on a managed device the supervisor sends one line (`Streaming
+ * logs`) and then nothing for as long as the connection stays open; use
+ * `bd_journal_logs` there. Each line goes to `cb` as it arrives; `cb`
+ * returning non-zero stops the stream and closes the connection. Returns
+ * `BD_OK` when stopped (by `cb` or `bd_stop_streams`) or ended;
+ * `BD_ERR_TIMEOUT` as for `bd_journal_logs`; `BD_ERR_INVALID_ARGUMENT` (NULL
  * callback; nothing sent); `BD_ERR_TOO_LARGE` (a line over 1 MiB).
  *
  * # Safety
@@ -667,10 +756,15 @@ int bd_wait_for_supervisor(uint32_t timeout_ms);
 /**
  * Take the update lock: create the lock file (default
  * `/tmp/balena/updates.lock`, parent directories as needed) with
- * `O_CREAT|O_EXCL` and hold an exclusive `flock` on it until
- * `bd_unlock_updates`. Sends nothing. Returns `BD_OK`; `BD_ERR_LOCKED` when
- * the file already exists (also when this process holds it); `BD_ERR_IO`
- * when it cannot be created.
+ * `O_CREAT|O_EXCL`, hold an exclusive `flock` on it until
+ * `bd_unlock_updates`, and write into it that this library made it and the
+ * holder's pid. A file with that record whose flock is free was left by a
+ * process that is gone: it is taken over (race-free: of several processes,
+ * exactly one succeeds). Sends nothing. Returns `BD_OK`; `BD_ERR_LOCKED`
+ * when any other file exists there (also when this process holds it; see
+ * `bd_update_lock_holder`); `BD_ERR_IO` when it cannot be created (the
+ * message says why, e.g. the path is a directory). After `fork()` the child
+ * does not hold its parent's lock.
  */
 int bd_lock_updates(void);
 
@@ -683,8 +777,9 @@ int bd_lock_updates(void);
 int bd_unlock_updates(void);
 
 /**
- * Whether the update lock file exists now, whoever created it: 1 yes, 0 no,
- * `BD_ERR_IO` when it cannot be checked.
+ * Whether the update lock file exists now, whoever created it (with the
+ * default path, the legacy `/tmp/resin/resin-updates.lock` counts too): 1
+ * yes, 0 no, `BD_ERR_IO` when it cannot be checked.
  */
 int bd_updates_locked(void);
 
@@ -698,6 +793,42 @@ int bd_updates_locked(void);
  * `path` must be NULL or a NUL-terminated string.
  */
 int bd_set_update_lock_path(const char *path);
+
+/**
+ * The longest silence a log stream (`bd_journal_logs`, `bd_local_logs`) may
+ * have before it ends with `BD_ERR_TIMEOUT`, in milliseconds; **0, the
+ * default, is no limit** (a followed journal on a quiet device waits for
+ * lines). Connecting and the answer's head stay bounded by the request
+ * timeout. Applies to streams started afterwards; `bd_cleanup` restores 0.
+ * Sends nothing. Returns `BD_OK`.
+ */
+int bd_set_stream_timeout_ms(uint32_t ms);
+
+/**
+ * Make every log stream in progress in this process return `BD_OK` soon
+ * (within about 100 ms), as if its callback had asked to stop; streams
+ * started afterwards are not affected. Callable from any thread, and
+ * async-signal-safe (one atomic increment): a SIGINT/SIGTERM handler may
+ * call it. Sends nothing.
+ */
+void bd_stop_streams(void);
+
+/**
+ * Who holds the update lock at the current path (with the default path,
+ * the legacy `/tmp/resin/resin-updates.lock` counts too). Sends nothing.
+ * Returns a `bd_lock_holder` (>= 0), or `BD_ERR_IO` when the path cannot be
+ * checked.
+ */
+int bd_update_lock_holder(void);
+
+/**
+ * Like `bd_lock_updates`, retrying (every 10 to 200 ms) until the lock is
+ * taken or `timeout_ms` has passed. Sends nothing. Returns `BD_OK`;
+ * `BD_ERR_LOCKED` when the time is up (the message says how long it
+ * waited) or this process already holds the lock; `BD_ERR_IO` as
+ * `bd_lock_updates`.
+ */
+int bd_lock_updates_wait(uint32_t timeout_ms);
 
 #ifdef __cplusplus
 }  // extern "C"

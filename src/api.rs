@@ -252,19 +252,31 @@ impl Client {
 
     /// `POST /v1/reboot {"force":b}`. 423 (lock held) is [`ErrorKind::Locked`].
     pub fn reboot(&self, force: bool) -> Result<()> {
-        let req = Request::post("/v1/reboot").json(force_body(force));
+        let req = Request::post("/v1/reboot").json(force_body(force)).action();
         self.call(&req, &[200, 202]).map(drop)
     }
 
     /// `POST /v1/shutdown {"force":b}`. 423 (lock held) is [`ErrorKind::Locked`].
     pub fn shutdown(&self, force: bool) -> Result<()> {
-        let req = Request::post("/v1/shutdown").json(force_body(force));
+        let req = Request::post("/v1/shutdown").json(force_body(force)).action();
         self.call(&req, &[200, 202]).map(drop)
     }
 
     /// `POST /v1/update {"force":b}`: ok on 202 (accepted) or 204 (applied now).
     pub fn update(&self, force: bool) -> Result<()> {
-        let req = Request::post("/v1/update").json(force_body(force));
+        let req = Request::post("/v1/update").json(force_body(force)).action();
+        self.call(&req, &[200, 202, 204]).map(drop)
+    }
+
+    /// `POST /v1/update {"force":b,"cancel":true}`: abandon the apply in
+    /// progress and apply the newest target state. Ok on 202 or 204.
+    pub fn update_cancel(&self, force: bool) -> Result<()> {
+        let body = if force {
+            r#"{"force":true,"cancel":true}"#
+        } else {
+            r#"{"force":false,"cancel":true}"#
+        };
+        let req = Request::post("/v1/update").json(body).action();
         self.call(&req, &[200, 202, 204]).map(drop)
     }
 
@@ -272,7 +284,7 @@ impl Client {
     pub fn purge(&self, app_id: u32) -> Result<()> {
         let app_id = resolve_app_id(app_id)?;
         let body = format!(r#"{{"appId":{app_id}}}"#);
-        self.call(&Request::post("/v1/purge").json(&body), &[200])
+        self.call(&Request::post("/v1/purge").json(&body).action(), &[200])
             .map(drop)
     }
 
@@ -280,7 +292,7 @@ impl Client {
     pub fn restart(&self, app_id: u32) -> Result<()> {
         let app_id = resolve_app_id(app_id)?;
         let body = format!(r#"{{"appId":{app_id}}}"#);
-        self.call(&Request::post("/v1/restart").json(&body), &[200])
+        self.call(&Request::post("/v1/restart").json(&body).action(), &[200])
             .map(drop)
     }
 
@@ -302,7 +314,9 @@ impl Client {
             ));
         }
         let key = key.to_string();
+        let old = self.api_key();
         self.set_api_key(&key);
+        crate::config::note_replaced_key(&old, &key);
         Ok(key)
     }
 
@@ -319,13 +333,13 @@ impl Client {
     /// `POST /v1/apps/:appId/start`: the container id. Never locked.
     pub fn start_app(&self, app_id: u32) -> Result<String> {
         let path = format!("/v1/apps/{}/start", resolve_app_id(app_id)?);
-        self.container_id_of(&Request::post(&path))
+        self.container_id_of(&Request::post(&path).action())
     }
 
     /// `POST /v1/apps/:appId/stop {"force":b}`: the container id.
     pub fn stop_app(&self, app_id: u32, force: bool) -> Result<String> {
         let path = format!("/v1/apps/{}/stop", resolve_app_id(app_id)?);
-        self.container_id_of(&Request::post(&path).json(force_body(force)))
+        self.container_id_of(&Request::post(&path).json(force_body(force)).action())
     }
 
     /// `GET /v1/device`: the JSON object text.
@@ -443,21 +457,21 @@ impl Client {
             resolve_app_id(app_id)?,
             action.path_segment()
         );
-        self.call(&Request::post(&path).json(&body), &[200])
+        self.call(&Request::post(&path).json(&body).action(), &[200])
             .map(drop)
     }
 
     /// `POST /v2/applications/:appId/restart {"force":b}`.
     pub fn restart_app(&self, app_id: u32, force: bool) -> Result<()> {
         let path = format!("/v2/applications/{}/restart", resolve_app_id(app_id)?);
-        self.call(&Request::post(&path).json(force_body(force)), &[200])
+        self.call(&Request::post(&path).json(force_body(force)).action(), &[200])
             .map(drop)
     }
 
     /// `POST /v2/applications/:appId/purge {"force":b}`.
     pub fn purge_app(&self, app_id: u32, force: bool) -> Result<()> {
         let path = format!("/v2/applications/{}/purge", resolve_app_id(app_id)?);
-        self.call(&Request::post(&path).json(force_body(force)), &[200])
+        self.call(&Request::post(&path).json(force_body(force)).action(), &[200])
             .map(drop)
     }
 

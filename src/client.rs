@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::io::{ErrorKind as IoKind, Read};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,8 +38,84 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// below that means a request never races the server's close.
 pub const MAX_IDLE_REUSE: Duration = Duration::from_millis(3_500);
 
+/// Longest silence of a log stream before it fails, in ms; 0: no limit.
+static STREAM_TIMEOUT_MS: AtomicU32 = AtomicU32::new(0);
+/// Incremented by [`stop_streams`]: a stream that started at an older value
+/// ends.
+static STOP_STREAMS: AtomicU64 = AtomicU64::new(0);
+
+/// How often a stream waiting for data looks whether it was stopped.
+pub(crate) const STREAM_POLL: Duration = Duration::from_millis(100);
+
+/// The longest silence a log stream may have before it ends with
+/// [`ErrorKind::Timeout`]; 0 (the default): no limit. Every client, now.
+pub fn set_stream_timeout_ms(ms: u32) {
+    STREAM_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
+/// The stream timeout set by [`set_stream_timeout_ms`].
+pub fn stream_timeout_ms() -> u32 {
+    STREAM_TIMEOUT_MS.load(Ordering::Relaxed)
+}
+
+/// End every log stream in progress in this process soon (within
+/// [`STREAM_POLL`] of waiting): each returns Ok as if its callback had asked
+/// to stop. One atomic increment: async-signal-safe.
+pub fn stop_streams() {
+    STOP_STREAMS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The stream running on this thread, if any: the [`STOP_STREAMS`] value at
+/// its start.
+pub(crate) fn stream_poll() -> Option<u64> {
+    STREAM.try_with(Cell::get).ok().flatten()
+}
+
+/// Whether [`stop_streams`] was called since a stream started at `start`.
+pub(crate) fn stopped_since(start: u64) -> bool {
+    STOP_STREAMS.load(Ordering::SeqCst) != start
+}
+
+/// The error the transport gives when a stream was stopped.
+#[derive(Debug)]
+pub(crate) struct StreamStopped;
+
+impl std::fmt::Display for StreamStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the stream was stopped (bd_stop_streams)")
+    }
+}
+
+impl std::error::Error for StreamStopped {}
+
+fn is_stopped(e: &std::io::Error) -> bool {
+    let Some(inner) = e.get_ref() else {
+        return false;
+    };
+    inner.is::<StreamStopped>()
+        || matches!(inner.downcast_ref::<ureq::Error>(), Some(ureq::Error::Io(io)) if is_stopped(io))
+}
+
+/// Marks this thread as running a stream while alive.
+struct InStream(Option<u64>);
+
+impl InStream {
+    fn enter() -> InStream {
+        let start = STOP_STREAMS.load(Ordering::SeqCst);
+        InStream(STREAM.try_with(|c| c.replace(Some(start))).unwrap_or(None))
+    }
+}
+
+impl Drop for InStream {
+    fn drop(&mut self) {
+        let _ = STREAM.try_with(|c| c.set(self.0));
+    }
+}
+
 thread_local! {
     static LAST_HTTP_STATUS: Cell<u16> = const { Cell::new(0) };
+    /// See [`stream_poll`].
+    static STREAM: Cell<Option<u64>> = const { Cell::new(None) };
     /// When the C call running on this thread started (see [`begin_call`]).
     static CALL_START: Cell<Option<Instant>> = const { Cell::new(None) };
     /// The deadline the transport holds every connect, write and read of
@@ -141,6 +218,9 @@ pub struct Request<'a> {
     pub with_key: bool,
     /// JSON body, sent with `Content-Type: application/json`.
     pub json: Option<&'a str>,
+    /// An action (reboot, restart, stop, ...): the supervisor answers when
+    /// it is done, so a timeout does not mean it did not happen.
+    pub action: bool,
 }
 
 impl<'a> Request<'a> {
@@ -151,6 +231,7 @@ impl<'a> Request<'a> {
             path,
             with_key: true,
             json: None,
+            action: false,
         }
     }
 
@@ -176,6 +257,24 @@ impl<'a> Request<'a> {
             json: Some(body),
             ..self
         }
+    }
+
+    /// The same request, marked as an action (see [`Request::action`]).
+    pub fn action(self) -> Self {
+        Request {
+            action: true,
+            ..self
+        }
+    }
+
+    /// Whether the body asks for `force` (a top-level `"force": true`).
+    pub fn forced(&self) -> bool {
+        self.json.is_some_and(|body| {
+            matches!(
+                serde_json::from_str::<serde_json::Value>(body),
+                Ok(serde_json::Value::Object(map)) if map.get("force") == Some(&serde_json::Value::Bool(true))
+            )
+        })
     }
 
     /// The same request without the API key.
@@ -279,9 +378,10 @@ enum Limit {
     Agent,
     /// This long over the whole request.
     Within(Duration),
-    /// No overall deadline, but this long at most to connect, for the head of
-    /// the answer and for each read (streams).
-    Stalls(Duration),
+    /// No overall deadline (streams): connecting, sending and the head of
+    /// the answer are bounded by the thread's [`IoDeadline`], each read of
+    /// the body by this (`None`: no limit).
+    Stalls(Option<Duration>),
 }
 
 /// An agent for `address` whose every request must be complete within
@@ -319,11 +419,7 @@ fn limited<B>(builder: ureq::RequestBuilder<B>, limit: Limit) -> ureq::RequestBu
         Limit::Stalls(each) => builder
             .config()
             .timeout_global(None)
-            .timeout_resolve(Some(each))
-            .timeout_connect(Some(each))
-            .timeout_per_write(Some(each))
-            .timeout_recv_response(Some(each))
-            .timeout_per_read(Some(each))
+            .timeout_per_read(each)
             .build(),
     }
 }
@@ -542,16 +638,26 @@ impl Client {
         on_line: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<()> {
         let s = self.settings();
+        let _stream = InStream::enter();
+        let stopped_at = stream_poll().unwrap_or_default();
         // Connecting, sending and the head of the answer are bounded by the
-        // timeout from the start of the call; then each read by the timeout.
+        // timeout from the start of the call; then each read by the stream
+        // timeout, if one is set.
+        let stall = match stream_timeout_ms() {
+            0 => None,
+            ms => Some(Duration::from_millis(u64::from(ms))),
+        };
         let head = IoDeadline::until(call_start() + s.timeout());
-        let mut response = self
-            .start(&s, req, Limit::Stalls(s.timeout()))
-            .map_err(|e| self.transport_error(&s, req, e, s.timeout()))?;
+        let mut response = match self.start(&s, req, Limit::Stalls(stall)) {
+            Ok(r) => r,
+            Err(ureq::Error::Io(e)) if is_stopped(&e) => return Ok(()),
+            Err(e) => return Err(self.transport_error(&s, req, e, s.timeout())),
+        };
         drop(head);
         let status = response.status().as_u16();
         record_status(status);
         if status != 200 {
+            let _body_deadline = IoDeadline::until(Instant::now() + s.timeout());
             let body = read_capped(&mut response).unwrap_or_default();
             return Err(self.status_error(req, &answer(&response, body)));
         }
@@ -573,12 +679,29 @@ impl Client {
         let mut pending: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 16 * 1024];
         loop {
+            if stopped_since(stopped_at) {
+                return Ok(());
+            }
             let n = match reader.read(&mut chunk) {
                 Ok(n) => n,
                 Err(e) if e.kind() == IoKind::Interrupted => continue,
+                Err(e) if is_stopped(&e) => return Ok(()),
                 Err(e) => {
+                    let e = ureq::Error::from(e);
+                    if matches!(e, ureq::Error::Timeout(_)) {
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "{}: the stream sent nothing for {} ms (the stream timeout, \
+                                 bd_set_stream_timeout_ms)",
+                                req.label(),
+                                stream_timeout_ms()
+                            ),
+                        )
+                        .with_http_status(status));
+                    }
                     return Err(self
-                        .transport_error(&s, req, ureq::Error::from(e), s.timeout())
+                        .transport_error(&s, req, e, s.timeout())
                         .with_http_status(status));
                 }
             };
@@ -625,12 +748,16 @@ impl Client {
 
     /// The error for a response whose status is not a success of the endpoint.
     pub fn status_error(&self, req: &Request<'_>, resp: &Response) -> Error {
-        let kind = ErrorKind::from_http_status(resp.status);
+        let mut kind = ErrorKind::from_http_status(resp.status);
         let what = match resp.status {
+            423 => {
+                let (k, what) = locked_kind(req, &resp.body);
+                kind = k;
+                what.to_string()
+            }
             401 => "unauthorized: the API key is missing, invalid (it may have been regenerated) \
                     or not allowed for this app"
                 .to_string(),
-            423 => "update lock held: retry with force to override it".to_string(),
             400 => "bad request".to_string(),
             404 => {
                 "not found: this supervisor does not know the endpoint or the service".to_string()
@@ -674,8 +801,9 @@ impl Client {
             ureq::Error::Timeout(_) => (
                 ErrorKind::Timeout,
                 format!(
-                    "no complete answer from {target} within the {} ms timeout",
-                    budget.as_millis()
+                    "no complete answer from {target} within the {} ms timeout{}",
+                    budget.as_millis(),
+                    late_action(req)
                 ),
             ),
             ureq::Error::HostNotFound => (
@@ -709,8 +837,9 @@ impl Client {
                 IoKind::TimedOut | IoKind::WouldBlock => (
                     ErrorKind::Timeout,
                     format!(
-                        "no complete answer from {target} within the {} ms timeout",
-                        budget.as_millis()
+                        "no complete answer from {target} within the {} ms timeout{}",
+                        budget.as_millis(),
+                        late_action(req)
                     ),
                 ),
                 _ => (
@@ -730,6 +859,45 @@ impl Client {
         Error::new(
             kind,
             scrub_key(&format!("{}: {}", req.label(), what), &s.key),
+        )
+    }
+}
+
+/// What a timeout of `req` adds to its message: an action may still happen.
+fn late_action(req: &Request<'_>) -> &'static str {
+    if req.action {
+        "; the supervisor answers an action only when it is done, so it may still carry \
+         it out: check before sending it again (this library never re-sends one)"
+    } else {
+        ""
+    }
+}
+
+/// Which of the three kinds of 423 `body` (the answer to `req`) is, and what
+/// to say about it (see supervisor-behavior.md).
+fn locked_kind(req: &Request<'_>, body: &[u8]) -> (ErrorKind, &'static str) {
+    let text = String::from_utf8_lossy(body);
+    if text.contains("Host OS update") {
+        (
+            ErrorKind::HostUpdate,
+            "a host OS update is finishing: do not force (that can leave the device stuck \
+             mid-update); retry after it ends",
+        )
+    } else if text.contains("held by another supervisor operation") {
+        (
+            ErrorKind::Busy,
+            "the supervisor's own operation holds the app's locks (force cannot override \
+             this): retry later",
+        )
+    } else if req.forced() {
+        (
+            ErrorKind::Busy,
+            "locked although force was sent (force cannot override this): retry later",
+        )
+    } else {
+        (
+            ErrorKind::Locked,
+            "an app holds an update lock: retry with force to override it",
         )
     }
 }

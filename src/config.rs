@@ -172,6 +172,32 @@ fn not_configured(what: &str) -> Error {
     )
 }
 
+/// Keys this process replaced with `bd_regenerate_api_key`: old → new. The
+/// container's environment keeps the old key until the supervisor recreates
+/// the container, so a key read from it later is replaced by the newest one.
+static REPLACED: crate::sync::ForkSafeMutex<Vec<(String, String)>> =
+    crate::sync::ForkSafeMutex::new(Vec::new());
+
+/// Note that `old` was replaced by `new` (the supervisor rejects `old` now).
+pub fn note_replaced_key(old: &str, new: &str) {
+    if old != new {
+        REPLACED.lock().push((old.to_string(), new.to_string()));
+    }
+}
+
+/// `key`, or the newest key that replaced it in this process.
+pub fn newest_key(mut key: String) -> String {
+    let replaced = REPLACED.lock();
+    // Each replacement is followed once at most: the chain cannot loop.
+    for _ in 0..replaced.len() {
+        match replaced.iter().rev().find(|(old, _)| *old == key) {
+            Some((_, new)) => key = new.clone(),
+            None => break,
+        }
+    }
+    key
+}
+
 /// The supervisor address from the environment: `BALENA_SUPERVISOR_ADDRESS`,
 /// else `RESIN_SUPERVISOR_ADDRESS`, else `http://HOST:PORT` from the
 /// `BALENA_SUPERVISOR_HOST`/`_PORT` pair, else the `RESIN_` pair.
@@ -252,7 +278,7 @@ impl Config {
                 validate_api_key(k)?;
                 k.to_string()
             }
-            None => api_key_from_env()?,
+            None => newest_key(api_key_from_env()?),
         };
         Ok(Config { address, api_key })
     }

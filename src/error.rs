@@ -34,6 +34,11 @@ pub enum ErrorKind {
     TooLarge,
     /// A bug inside the library.
     Internal,
+    /// HTTP 423 that `force` cannot override: another supervisor operation
+    /// holds the app's locks, or a 423 although `force` was sent.
+    Busy,
+    /// HTTP 423 on reboot/shutdown: a host OS update is finishing.
+    HostUpdate,
 }
 
 impl ErrorKind {
@@ -54,11 +59,13 @@ impl ErrorKind {
             ErrorKind::InvalidResponse => -12,
             ErrorKind::TooLarge => -13,
             ErrorKind::Internal => -14,
+            ErrorKind::Busy => -15,
+            ErrorKind::HostUpdate => -16,
         }
     }
 
     /// Every kind, in code order (-1 first).
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::InvalidArgument,
         ErrorKind::NotConfigured,
         ErrorKind::Connect,
@@ -73,6 +80,8 @@ impl ErrorKind {
         ErrorKind::InvalidResponse,
         ErrorKind::TooLarge,
         ErrorKind::Internal,
+        ErrorKind::Busy,
+        ErrorKind::HostUpdate,
     ];
 
     /// The kind for a numeric status, if it is one of the contract's errors.
@@ -93,7 +102,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => {
                 c"unauthorized (HTTP 401): API key missing, invalid or out of scope"
             }
-            ErrorKind::Locked => c"an update lock is held (HTTP 423); retry with force",
+            ErrorKind::Locked => c"an app's update lock is held (HTTP 423); force overrides it",
             ErrorKind::BadRequest => c"bad request (HTTP 400)",
             ErrorKind::NotFound => c"not found (HTTP 404)",
             ErrorKind::Server => c"supervisor error (HTTP 5xx)",
@@ -101,6 +110,13 @@ impl ErrorKind {
             ErrorKind::InvalidResponse => c"the response body is not what the endpoint documents",
             ErrorKind::TooLarge => c"the response exceeded the size cap",
             ErrorKind::Internal => c"internal error in balena_device (a bug)",
+            ErrorKind::Busy => {
+                c"the supervisor is busy: its own operation holds the app's locks (HTTP 423); \
+                  force cannot help, retry later"
+            }
+            ErrorKind::HostUpdate => {
+                c"a host OS update is finishing (HTTP 423); do not force, retry after it"
+            }
         }
     }
 

@@ -71,5 +71,6 @@ pub fn timeout_ms() -> u32 {
 pub fn cleanup() {
     let mut slot = DEFAULT.write();
     TIMEOUT_MS.store(DEFAULT_TIMEOUT_MS, Ordering::Relaxed);
+    crate::client::set_stream_timeout_ms(0);
     *slot = None;
 }

@@ -151,45 +151,105 @@ pub fn lock_updates() -> Result<()> {
     }
     let cpath = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::invalid("the lock path contains a NUL byte"))?;
-    // SAFETY: cpath is a valid NUL-terminated string; open returns a new fd or -1.
-    let fd = unsafe {
-        libc::open(
-            cpath.as_ptr(),
-            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
-            0o644 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
+    // Twice at most: a stale file that vanishes while it is looked at is
+    // created anew.
+    for _ in 0..2 {
+        // SAFETY: cpath is a valid NUL-terminated string; open returns a new fd or -1.
+        let fd = unsafe {
+            libc::open(
+                cpath.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: fd was just opened and is owned by nobody else.
+            let file = unsafe { File::from_raw_fd(fd) };
+            let held = match hold_new(file, &path) {
+                Ok(held) => held,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e);
+                }
+            };
+            st.held = Some(held);
+            return Ok(());
+        }
         let e = io::Error::last_os_error();
-        let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
-        return Err(if e.kind() == io::ErrorKind::AlreadyExists && is_dir {
-            Error::new(
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return Err(io_error("cannot create the update lock", &path, e));
+        }
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return Err(Error::new(
                 ErrorKind::Io,
                 format!(
                     "the update lock path {} is a directory, not a lock file: choose another \
                      path with bd_set_update_lock_path",
                     path.display()
                 ),
-            )
-        } else if e.kind() == io::ErrorKind::AlreadyExists {
-            Error::new(
-                ErrorKind::Locked,
-                format!(
-                    "the update lock {} already exists: another process (or the supervisor) \
-                     holds it",
-                    path.display()
-                ),
-            )
-        } else {
-            io_error("cannot create the update lock", &path, e)
-        });
+            ));
+        }
+        match take_over_stale(&cpath, &path)? {
+            Existing::TakenOver(held) => {
+                st.held = Some(held);
+                return Ok(());
+            }
+            Existing::Gone => continue,
+            Existing::Held(holder) => return Err(locked_by(&path, holder)),
+        }
     }
-    // SAFETY: fd was just opened and is owned by nobody else.
-    let file = unsafe { File::from_raw_fd(fd) };
+    Err(locked_by(&path, Holder::Other))
+}
+
+/// Who holds the update lock, as `bd_update_lock_holder` tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// No lock file.
+    None,
+    /// Taken by [`lock_updates`] in this process.
+    ThisProcess,
+    /// Anyone else: another process of the container, a shell `lockfile` or
+    /// `flock`, a file of unknown origin.
+    Other,
+    /// The file is owned by uid 65534: the supervisor itself is stopping or
+    /// updating services.
+    Supervisor,
+    /// Left by a [`lock_updates`] of a process that is gone (its `flock` is
+    /// free); the next [`lock_updates`] takes it over.
+    Stale,
+}
+
+/// The uid the supervisor's own lock files belong to.
+pub const SUPERVISOR_UID: u32 = 65534;
+
+/// Where old balenaOS releases (resinOS) put the update lock; counted as a
+/// lock too while the default path is in use.
+pub const LEGACY_LOCK_PATH: &str = "/tmp/resin/resin-updates.lock";
+
+/// The record a lock file made by this library starts with.
+const RECORD: &str = "balena_device update lock, pid ";
+
+fn locked_by(path: &Path, holder: Holder) -> Error {
+    let who = match holder {
+        Holder::Supervisor => "the supervisor holds it (the file belongs to uid 65534): it is \
+                               stopping or updating services"
+            .to_string(),
+        Holder::Other | Holder::None | Holder::Stale | Holder::ThisProcess => {
+            "another process of the container (or a shell lockfile/flock) holds it".to_string()
+        }
+    };
+    Error::new(
+        ErrorKind::Locked,
+        format!("the update lock {} already exists: {who}", path.display()),
+    )
+}
+
+/// The lock on a newly created `file`: its `flock`, then the record saying
+/// this library made it and which process holds it.
+fn hold_new(file: File, path: &Path) -> Result<Held> {
     // SAFETY: valid fd.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();
-        let _ = std::fs::remove_file(&path);
         return Err(if e.kind() == io::ErrorKind::WouldBlock {
             Error::new(
                 ErrorKind::Locked,
@@ -199,23 +259,172 @@ pub fn lock_updates() -> Result<()> {
                 ),
             )
         } else {
-            io_error("cannot flock the update lock", &path, e)
+            io_error("cannot flock the update lock", path, e)
         });
     }
-    let meta = match file.metadata() {
-        Ok(meta) => meta,
-        Err(e) => {
-            let _ = std::fs::remove_file(&path);
-            return Err(io_error("cannot stat the update lock", &path, e));
-        }
-    };
-    st.held = Some(Held {
+    record(&file, path)?;
+    let meta = file
+        .metadata()
+        .map_err(|e| io_error("cannot stat the update lock", path, e))?;
+    Ok(Held {
         dev: meta.dev(),
         ino: meta.ino(),
         file,
         pid: std::process::id(),
-    });
-    Ok(())
+    })
+}
+
+/// Write this process's record into the lock `file` (replacing any).
+fn record(file: &File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let text = format!("{RECORD}{}\n", std::process::id());
+    file.set_len(0)
+        .and_then(|()| file.write_all_at(text.as_bytes(), 0))
+        .map_err(|e| io_error("cannot write the update lock", path, e))
+}
+
+/// The pid in a lock file's record, if the file is one this library made.
+fn recorded_pid(file: &File) -> Option<u32> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 64];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    text.strip_prefix(RECORD)?.trim_end().parse().ok()
+}
+
+enum Existing {
+    /// A stale lock, now this process's.
+    TakenOver(Held),
+    /// The file went away meanwhile.
+    Gone,
+    /// Held (or not ours to take).
+    Held(Holder),
+}
+
+/// Look at the existing lock file at `path`: take it over if it is stale (made
+/// by this library, its `flock` free), race-free: of several processes, the
+/// one that gets the `flock` and still finds the same file at the path wins.
+fn take_over_stale(cpath: &CString, path: &Path) -> Result<Existing> {
+    // SAFETY: valid path; returns a new fd or -1.
+    let fd = unsafe {
+        libc::open(
+            cpath.as_ptr(),
+            libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::NotFound => Ok(Existing::Gone),
+            // Not ours to open (a symlink, another user's file): someone
+            // else's lock.
+            _ => Ok(Existing::Held(Holder::Other)),
+        };
+    }
+    // SAFETY: a new fd owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let meta = file
+        .metadata()
+        .map_err(|e| io_error("cannot stat the update lock", path, e))?;
+    if meta.uid() == SUPERVISOR_UID {
+        return Ok(Existing::Held(Holder::Supervisor));
+    }
+    if recorded_pid(&file).is_none() {
+        return Ok(Existing::Held(Holder::Other));
+    }
+    // SAFETY: valid fd.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Ok(Existing::Held(Holder::Other));
+    }
+    // Still the file at the path (not removed or replaced meanwhile)?
+    match std::fs::symlink_metadata(path) {
+        Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => {}
+        _ => return Ok(Existing::Gone),
+    }
+    if recorded_pid(&file).is_none() {
+        return Ok(Existing::Held(Holder::Other));
+    }
+    record(&file, path)?;
+    Ok(Existing::TakenOver(Held {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        file,
+        pid: std::process::id(),
+    }))
+}
+
+/// Who holds the lock at `path` (not this process).
+fn holder_of(path: &Path) -> Result<Holder> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Holder::None),
+        Err(e) => return Err(io_error("cannot check the update lock", path, e)),
+    };
+    if meta.uid() == SUPERVISOR_UID {
+        return Ok(Holder::Supervisor);
+    }
+    if !meta.is_file() {
+        return Ok(Holder::Other);
+    }
+    let Ok(file) = File::open(path) else {
+        return Ok(Holder::Other);
+    };
+    if recorded_pid(&file).is_none() {
+        return Ok(Holder::Other);
+    }
+    // Free flock: its process is gone. (The flock is taken and released at
+    // once; a process racing to take the file over meanwhile is told LOCKED.)
+    // SAFETY: valid fd.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        // SAFETY: valid fd.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        return Ok(Holder::Stale);
+    }
+    Ok(Holder::Other)
+}
+
+/// Who holds the update lock at the current path (with the default path,
+/// the legacy path counts too).
+pub fn update_lock_holder() -> Result<Holder> {
+    let mut st = state();
+    if st.holds() {
+        return Ok(Holder::ThisProcess);
+    }
+    let default = st.path.is_none();
+    let path = st.path();
+    drop(st);
+    match holder_of(&path)? {
+        Holder::None if default => holder_of(Path::new(LEGACY_LOCK_PATH)),
+        holder => Ok(holder),
+    }
+}
+
+/// [`lock_updates`], retried until it succeeds or `timeout` has passed
+/// ([`ErrorKind::Locked`], saying how long it waited). Other errors, and a
+/// lock this process already holds, return at once.
+pub fn lock_updates_wait(timeout: std::time::Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        match lock_updates() {
+            Err(e) if e.kind() == ErrorKind::Locked && !state().holds() => {
+                let waited = start.elapsed();
+                if waited >= timeout {
+                    return Err(Error::new(
+                        ErrorKind::Locked,
+                        format!(
+                            "{} (waited {} ms for it)",
+                            e.message(),
+                            waited.as_millis()
+                        ),
+                    ));
+                }
+                std::thread::sleep(pause.min(timeout - waited));
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The first existing component of `dir` (or `dir` itself) that is not a
@@ -253,12 +462,17 @@ pub fn unlock_updates() -> Result<()> {
     Ok(())
 }
 
-/// Whether the lock file exists now (whoever made it).
+/// Whether the lock file exists now (whoever made it); with the default
+/// path, the legacy [`LEGACY_LOCK_PATH`] counts too.
 pub fn updates_locked() -> Result<bool> {
-    let path = lock_path();
-    match std::fs::symlink_metadata(&path) {
+    let (path, default) = {
+        let st = state();
+        (st.path(), st.path.is_none())
+    };
+    let exists = |path: &Path| match std::fs::symlink_metadata(path) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_error("cannot check the update lock", &path, e)),
-    }
+        Err(e) => Err(io_error("cannot check the update lock", path, e)),
+    };
+    Ok(exists(&path)? || (default && exists(Path::new(LEGACY_LOCK_PATH))?))
 }

@@ -1268,6 +1268,8 @@ fn a_stalled_stream_or_request_times_out() {
     connect(&sim);
     let key = sim.api_key();
     assert_ok(bd_set_timeout_ms(300));
+    // Streams have no stall limit unless one is set.
+    assert_ok(bd_set_stream_timeout_ms(300));
 
     // Local logs: the first line comes at once, then nothing for 4 s.
     let mut sink = Lines::default();

@@ -189,9 +189,17 @@ fn io_until<T>(
     reason: Timeout,
     mut op: impl FnMut() -> io::Result<T>,
 ) -> Result<T, Error> {
+    // In a log stream, waits are cut into slices of STREAM_POLL, after each
+    // of which the stream looks whether `bd_stop_streams` was called.
+    let stream_start = super::stream_poll();
     let mut exact = false;
     loop {
-        let want = match deadline {
+        if let Some(start) = stream_start {
+            if super::stopped_since(start) {
+                return Err(Error::Io(io::Error::other(super::StreamStopped)));
+            }
+        }
+        let left = match deadline {
             None => None,
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -201,18 +209,26 @@ fn io_until<T>(
                 Some(left)
             }
         };
-        let keep = match (want, *armed) {
-            (None, None) => true,
-            (Some(left), Some(now)) => !exact && now <= left && now >= left - left / 8,
-            _ => false,
+        let (want, keep) = match (left, stream_start) {
+            (Some(left), Some(_)) if left <= super::STREAM_POLL => (Some(left), false),
+            (_, Some(_)) => (
+                Some(super::STREAM_POLL),
+                *armed == Some(super::STREAM_POLL),
+            ),
+            (None, None) => (None, armed.is_none()),
+            (Some(left), None) => {
+                let keep = matches!(*armed, Some(now) if !exact && now <= left && now >= left - left / 8);
+                (Some(if exact { left } else { left - left / 16 }), keep)
+            }
         };
         if !keep {
-            let new = want.map(|left| if exact { left } else { left - left / 16 });
-            set(stream, new)?;
-            *armed = new;
+            set(stream, want)?;
+            *armed = want;
         }
         match op() {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A slice of a stream's wait ended: look again.
+            Err(e) if stream_start.is_some() && is_timeout(&e) => {}
             Err(e) if deadline.is_some() && is_timeout(&e) => exact = true,
             result => return result.map_err(Error::Io),
         }

@@ -84,15 +84,22 @@ pub extern "C" fn bd_init_from_env() -> c_int {
 }
 
 /// Set the deadline of one whole request (connect, send, receive), in
-/// milliseconds; default 30000. For log streams it is the longest allowed
-/// stall. Returns `BD_OK`, or `BD_ERR_INVALID_ARGUMENT` for 0.
+/// milliseconds, counted from the start of the call; default 30000. For log
+/// streams it bounds connecting and the answer's head (silence after that is
+/// `bd_set_stream_timeout_ms`). Actions (reboot, restart, stop, purge, ...)
+/// get the same deadline; the supervisor answers them when the work is done,
+/// so a BD_ERR_TIMEOUT from an action says it may still happen, and the
+/// library never re-sends one. Returns `BD_OK`, or `BD_ERR_INVALID_ARGUMENT`
+/// for 0.
 #[no_mangle]
 pub extern "C" fn bd_set_timeout_ms(ms: u32) -> c_int {
     boundary(|| global::set_timeout_ms(ms).map(|()| 0))
 }
 
 /// Drop the default client and its pooled connections and restore the
-/// default timeout; the next call starts from the environment again. Calls
+/// default timeout and stream timeout; the next call starts from the
+/// environment again (with the newest key if `bd_regenerate_api_key`
+/// replaced the environment's). Calls
 /// in progress on other threads finish normally. Never fails.
 #[no_mangle]
 pub extern "C" fn bd_cleanup() {
@@ -125,14 +132,20 @@ pub extern "C" fn bd_blink() -> c_int {
 }
 
 /// `POST /v1/reboot` with `{"force":force}`. Returns `BD_OK` (202);
-/// `BD_ERR_LOCKED` (423) when an update lock is held and `force` is false.
+/// `BD_ERR_LOCKED` (423) when an app's update lock is held and `force` is
+/// false; `BD_ERR_HOST_UPDATE` (423) while a host OS update is finishing (do
+/// not force); `BD_ERR_BUSY` (423) when the supervisor's own operation holds
+/// the locks, or a 423 came although `force` was sent.
 #[no_mangle]
 pub extern "C" fn bd_reboot(force: bool) -> c_int {
     call(|c| c.reboot(force))
 }
 
 /// `POST /v1/shutdown` with `{"force":force}`. Returns `BD_OK` (202);
-/// `BD_ERR_LOCKED` (423) when an update lock is held and `force` is false.
+/// `BD_ERR_LOCKED` (423) when an app's update lock is held and `force` is
+/// false; `BD_ERR_HOST_UPDATE` (423) while a host OS update is finishing (do
+/// not force); `BD_ERR_BUSY` (423) when the supervisor's own operation holds
+/// the locks, or a 423 came although `force` was sent.
 #[no_mangle]
 pub extern "C" fn bd_shutdown(force: bool) -> c_int {
     call(|c| c.shutdown(force))
@@ -145,10 +158,20 @@ pub extern "C" fn bd_update(force: bool) -> c_int {
     call(|c| c.update(force))
 }
 
+/// `POST /v1/update` with `{"force":force,"cancel":true}`: abandon the apply
+/// in progress and apply the newest target state (what works when an apply
+/// is stuck behind a lock). Returns `BD_OK` on 202 or 204.
+#[no_mangle]
+pub extern "C" fn bd_update_cancel(force: bool) -> c_int {
+    call(|c| c.update_cancel(force))
+}
+
 /// `POST /v1/purge` with `{"appId":app_id}`: purge the app's data.
 /// `app_id` may be `BD_CURRENT_APP`. Returns `BD_OK`; `BD_ERR_BAD_REQUEST`
-/// (400), `BD_ERR_LOCKED` (423), `BD_ERR_SERVER` (503: app not on the device),
-/// `BD_ERR_NOT_CONFIGURED` (`BD_CURRENT_APP` without an app id).
+/// (400), `BD_ERR_LOCKED` (423; `BD_ERR_BUSY` when forcing cannot help), `BD_ERR_SERVER` (503: app not on the device),
+/// `BD_ERR_NOT_CONFIGURED` (`BD_CURRENT_APP` without an app id). The
+/// supervisor also reads `force` here; `bd_purge_app` is the form that sends
+/// it.
 #[no_mangle]
 pub extern "C" fn bd_purge(app_id: u32) -> c_int {
     call(|c| c.purge(app_id))
@@ -156,8 +179,9 @@ pub extern "C" fn bd_purge(app_id: u32) -> c_int {
 
 /// `POST /v1/restart` with `{"appId":app_id}`. `app_id` may be
 /// `BD_CURRENT_APP`. Returns `BD_OK`; `BD_ERR_BAD_REQUEST` (400),
-/// `BD_ERR_LOCKED` (423), `BD_ERR_SERVER` (503: app not on the device),
-/// `BD_ERR_NOT_CONFIGURED`.
+/// `BD_ERR_LOCKED` (423; `BD_ERR_BUSY` when forcing cannot help), `BD_ERR_SERVER` (503: app not on the device),
+/// `BD_ERR_NOT_CONFIGURED`. The supervisor also reads `force` here;
+/// `bd_restart_app` is the form that sends it.
 #[no_mangle]
 pub extern "C" fn bd_restart(app_id: u32) -> c_int {
     call(|c| c.restart(app_id))
@@ -168,7 +192,13 @@ pub extern "C" fn bd_restart(app_id: u32) -> c_int {
 /// new key at once (the old one is rejected by the supervisor). Every call
 /// regenerates the key, a size query `(NULL, 0)` too: pass a buffer of at
 /// least 65 bytes, or the caller never sees the whole new key (the library
-/// still uses it). Errors:
+/// still uses it). A key this process later takes from the environment
+/// (first use, `bd_init_from_env`, `bd_init` with a NULL key, after
+/// `bd_cleanup`) that was replaced is replaced by the newest key: the
+/// container's `BALENA_SUPERVISOR_API_KEY` keeps the old key until the
+/// supervisor recreates the container at its next apply. Other processes of
+/// the container keep the old key until then (their calls get 401); a key
+/// passed to `bd_init` explicitly is used as given. Errors:
 /// `BD_ERR_INVALID_ARGUMENT` (`buf` NULL with `len` > 0; nothing sent),
 /// `BD_ERR_INVALID_RESPONSE` (the answer is not a key).
 ///
@@ -210,7 +240,7 @@ pub unsafe extern "C" fn bd_start_app(app_id: u32, buf: *mut c_char, len: usize)
 
 /// `POST /v1/apps/:appId/stop` with `{"force":force}`. Writes the container
 /// id into `(buf, len)` (may be NULL with `len` 0) and returns its length.
-/// Errors: `BD_ERR_LOCKED` (423), `BD_ERR_BAD_REQUEST` (400),
+/// Errors: `BD_ERR_LOCKED` (423; `BD_ERR_BUSY` when forcing cannot help), `BD_ERR_BAD_REQUEST` (400),
 /// `BD_ERR_SERVER` (503), `BD_ERR_INVALID_RESPONSE` (no `containerId`),
 /// `BD_ERR_INVALID_ARGUMENT`.
 ///
@@ -255,7 +285,8 @@ pub unsafe extern "C" fn bd_host_config_json(buf: *mut c_char, len: usize) -> c_
 /// `{"network":{"hostname":"x"}}`) sent as given: its own top-level `force`
 /// overrides an update lock. Returns `BD_OK`; `BD_ERR_INVALID_ARGUMENT`
 /// (NULL, not UTF-8, not a JSON object; nothing sent), `BD_ERR_BAD_REQUEST`
-/// (400: no `network` object), `BD_ERR_LOCKED` (423).
+/// (400: no `network` object), `BD_ERR_LOCKED` (423: changing `hostname` or
+/// `proxy` takes the update locks; `BD_ERR_BUSY` when forcing cannot help).
 ///
 /// # Safety
 /// `json` must be NULL or a NUL-terminated string.
@@ -314,7 +345,7 @@ pub unsafe extern "C" fn bd_state_status_json(buf: *mut c_char, len: usize) -> c
 /// `{"serviceName":service,"force":force}`. `app_id` may be `BD_CURRENT_APP`.
 /// Returns `BD_OK`; `BD_ERR_INVALID_ARGUMENT` (service NULL, empty, not
 /// UTF-8, control characters; nothing sent), `BD_ERR_NOT_FOUND` (404: unknown
-/// service), `BD_ERR_BAD_REQUEST` (400), `BD_ERR_LOCKED` (423),
+/// service), `BD_ERR_BAD_REQUEST` (400), `BD_ERR_LOCKED` (423; `BD_ERR_BUSY` when forcing cannot help),
 /// `BD_ERR_SERVER` (503: app not on the device).
 ///
 /// # Safety
@@ -409,7 +440,7 @@ pub extern "C" fn bd_start_service_by_image(app_id: u32, image_id: u32, force: b
 
 /// `POST /v2/applications/:appId/restart` with `{"force":force}`: restart
 /// every service of the app. `app_id` may be `BD_CURRENT_APP`. Returns
-/// `BD_OK`; `BD_ERR_BAD_REQUEST` (400), `BD_ERR_LOCKED` (423),
+/// `BD_OK`; `BD_ERR_BAD_REQUEST` (400), `BD_ERR_LOCKED` (423; `BD_ERR_BUSY` when forcing cannot help),
 /// `BD_ERR_SERVER`, `BD_ERR_NOT_CONFIGURED`.
 #[no_mangle]
 pub extern "C" fn bd_restart_app(app_id: u32, force: bool) -> c_int {
@@ -552,7 +583,10 @@ pub unsafe extern "C" fn bd_local_target_state_json(buf: *mut c_char, len: usize
 /// `POST /v2/local/target-state` with `json` (a JSON object) as the body.
 /// Returns `BD_OK`; `BD_ERR_INVALID_ARGUMENT` (NULL, not UTF-8, not a JSON
 /// object; nothing sent), `BD_ERR_BAD_REQUEST` (400: device not in local
-/// mode, or an invalid state).
+/// mode, or an invalid state). A malformed state (e.g. an `apps` key that is
+/// not a number) can make the supervisor process exit: the call then fails
+/// with `BD_ERR_IO` (the connection dropped) and later calls with
+/// `BD_ERR_CONNECT` until the supervisor is back.
 ///
 /// # Safety
 /// `json` must be NULL or a NUL-terminated string.
@@ -592,11 +626,15 @@ fn line_sink(cb: bd_line_cb, userdata: *mut c_void) -> impl FnMut(&[u8]) -> bool
 }
 
 /// `POST /v2/journal-logs` with `options_json` as the body (a JSON object,
-/// e.g. `{"count":10,"format":"json"}`, sent as given). Each line of the
+/// e.g. `{"count":10,"format":"json"}`, sent as given; `"follow":true`
+/// keeps it open). The way to read a managed device's logs. Each line of the
 /// answer goes to `cb` as it arrives; `cb` returning non-zero stops the
-/// stream and closes the connection. Returns `BD_OK` when the stream ends or
-/// is stopped; `BD_ERR_TIMEOUT` when no byte arrives for the timeout (there
-/// is no overall deadline); `BD_ERR_INVALID_ARGUMENT` (NULL options or
+/// stream and closes the connection. Returns `BD_OK` when the stream ends
+/// (also when the supervisor closes it), is stopped by `cb` or by
+/// `bd_stop_streams`; `BD_ERR_TIMEOUT` when connecting or the answer's head
+/// takes longer than the request timeout, or when a stream timeout is set
+/// (`bd_set_stream_timeout_ms`) and no byte arrives for it (a followed
+/// journal on a quiet device may stay silent: by default it waits); `BD_ERR_INVALID_ARGUMENT` (NULL options or
 /// callback, options not a JSON object; nothing sent); `BD_ERR_TOO_LARGE` (a
 /// line over 1 MiB).
 ///
@@ -623,10 +661,13 @@ pub unsafe extern "C" fn bd_journal_logs(
     })
 }
 
-/// `GET /v2/local/logs` (NDJSON, open until the caller stops). Each line goes
-/// to `cb` as it arrives; `cb` returning non-zero stops the stream and closes
-/// the connection. Returns `BD_OK` when stopped or ended; `BD_ERR_TIMEOUT`
-/// when no byte arrives for the timeout; `BD_ERR_INVALID_ARGUMENT` (NULL
+/// `GET /v2/local/logs` (NDJSON, open until the caller stops). **Local mode
+/// only**: on a managed device the supervisor sends one line (`Streaming
+/// logs`) and then nothing for as long as the connection stays open; use
+/// `bd_journal_logs` there. Each line goes to `cb` as it arrives; `cb`
+/// returning non-zero stops the stream and closes the connection. Returns
+/// `BD_OK` when stopped (by `cb` or `bd_stop_streams`) or ended;
+/// `BD_ERR_TIMEOUT` as for `bd_journal_logs`; `BD_ERR_INVALID_ARGUMENT` (NULL
 /// callback; nothing sent); `BD_ERR_TOO_LARGE` (a line over 1 MiB).
 ///
 /// # Safety
@@ -696,10 +737,15 @@ pub extern "C" fn bd_wait_for_supervisor(timeout_ms: u32) -> c_int {
 
 /// Take the update lock: create the lock file (default
 /// `/tmp/balena/updates.lock`, parent directories as needed) with
-/// `O_CREAT|O_EXCL` and hold an exclusive `flock` on it until
-/// `bd_unlock_updates`. Sends nothing. Returns `BD_OK`; `BD_ERR_LOCKED` when
-/// the file already exists (also when this process holds it); `BD_ERR_IO`
-/// when it cannot be created.
+/// `O_CREAT|O_EXCL`, hold an exclusive `flock` on it until
+/// `bd_unlock_updates`, and write into it that this library made it and the
+/// holder's pid. A file with that record whose flock is free was left by a
+/// process that is gone: it is taken over (race-free: of several processes,
+/// exactly one succeeds). Sends nothing. Returns `BD_OK`; `BD_ERR_LOCKED`
+/// when any other file exists there (also when this process holds it; see
+/// `bd_update_lock_holder`); `BD_ERR_IO` when it cannot be created (the
+/// message says why, e.g. the path is a directory). After `fork()` the child
+/// does not hold its parent's lock.
 #[no_mangle]
 pub extern "C" fn bd_lock_updates() -> c_int {
     boundary(|| lock::lock_updates().map(|()| 0))
@@ -714,8 +760,9 @@ pub extern "C" fn bd_unlock_updates() -> c_int {
     boundary(|| lock::unlock_updates().map(|()| 0))
 }
 
-/// Whether the update lock file exists now, whoever created it: 1 yes, 0 no,
-/// `BD_ERR_IO` when it cannot be checked.
+/// Whether the update lock file exists now, whoever created it (with the
+/// default path, the legacy `/tmp/resin/resin-updates.lock` counts too): 1
+/// yes, 0 no, `BD_ERR_IO` when it cannot be checked.
 #[no_mangle]
 pub extern "C" fn bd_updates_locked() -> c_int {
     boundary(|| lock::updates_locked().map(flag))
@@ -734,5 +781,83 @@ pub unsafe extern "C" fn bd_set_update_lock_path(path: *const c_char) -> c_int {
         // SAFETY: the caller's promise.
         let path = unsafe { opt_str(path, "path") }?;
         lock::set_lock_path(path).map(|()| 0)
+    })
+}
+
+// ---------------------------------------------------------------- streams
+
+/// The longest silence a log stream (`bd_journal_logs`, `bd_local_logs`) may
+/// have before it ends with `BD_ERR_TIMEOUT`, in milliseconds; **0, the
+/// default, is no limit** (a followed journal on a quiet device waits for
+/// lines). Connecting and the answer's head stay bounded by the request
+/// timeout. Applies to streams started afterwards; `bd_cleanup` restores 0.
+/// Sends nothing. Returns `BD_OK`.
+#[no_mangle]
+pub extern "C" fn bd_set_stream_timeout_ms(ms: u32) -> c_int {
+    boundary(|| {
+        client::set_stream_timeout_ms(ms);
+        Ok(0)
+    })
+}
+
+/// Make every log stream in progress in this process return `BD_OK` soon
+/// (within about 100 ms), as if its callback had asked to stop; streams
+/// started afterwards are not affected. Callable from any thread, and
+/// async-signal-safe (one atomic increment): a SIGINT/SIGTERM handler may
+/// call it. Sends nothing.
+#[no_mangle]
+pub extern "C" fn bd_stop_streams() {
+    client::stop_streams();
+}
+
+// ---------------------------------------------------------------- lock holder
+
+/// Who holds the update lock (`bd_update_lock_holder`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum bd_lock_holder {
+    /// No lock file.
+    BD_LOCK_NONE = 0,
+    /// Taken by `bd_lock_updates` in this process.
+    BD_LOCK_THIS_PROCESS = 1,
+    /// Anyone else: another process of the container, a shell
+    /// `lockfile`/`flock`, a file of unknown origin.
+    BD_LOCK_OTHER = 2,
+    /// The file is owned by uid 65534: the supervisor itself is stopping or
+    /// updating services.
+    BD_LOCK_SUPERVISOR = 3,
+    /// Left by a `bd_lock_updates` of a process that is gone (its flock is
+    /// free); the next `bd_lock_updates` takes it over.
+    BD_LOCK_STALE = 4,
+}
+
+/// Who holds the update lock at the current path (with the default path,
+/// the legacy `/tmp/resin/resin-updates.lock` counts too). Sends nothing.
+/// Returns a `bd_lock_holder` (>= 0), or `BD_ERR_IO` when the path cannot be
+/// checked.
+#[no_mangle]
+pub extern "C" fn bd_update_lock_holder() -> c_int {
+    boundary(|| {
+        let holder = match lock::update_lock_holder()? {
+            lock::Holder::None => bd_lock_holder::BD_LOCK_NONE,
+            lock::Holder::ThisProcess => bd_lock_holder::BD_LOCK_THIS_PROCESS,
+            lock::Holder::Other => bd_lock_holder::BD_LOCK_OTHER,
+            lock::Holder::Supervisor => bd_lock_holder::BD_LOCK_SUPERVISOR,
+            lock::Holder::Stale => bd_lock_holder::BD_LOCK_STALE,
+        };
+        Ok(holder as c_int)
+    })
+}
+
+/// Like `bd_lock_updates`, retrying (every 10 to 200 ms) until the lock is
+/// taken or `timeout_ms` has passed. Sends nothing. Returns `BD_OK`;
+/// `BD_ERR_LOCKED` when the time is up (the message says how long it
+/// waited) or this process already holds the lock; `BD_ERR_IO` as
+/// `bd_lock_updates`.
+#[no_mangle]
+pub extern "C" fn bd_lock_updates_wait(timeout_ms: u32) -> c_int {
+    boundary(|| {
+        lock::lock_updates_wait(std::time::Duration::from_millis(u64::from(timeout_ms)))
+            .map(|()| 0)
     })
 }

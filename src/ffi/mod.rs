@@ -33,8 +33,9 @@ pub enum bd_status {
     BD_ERR_IO = -5,
     /// HTTP 401: key missing, invalid or out of scope.
     BD_ERR_UNAUTHORIZED = -6,
-    /// HTTP 423: an update lock is held; retry with `force`. Also: the update
-    /// lock file already exists (`bd_lock_updates`).
+    /// HTTP 423: an app's update lock is held; `force` overrides it. Also:
+    /// the update lock file already exists (`bd_lock_updates`). See also
+    /// `BD_ERR_BUSY` and `BD_ERR_HOST_UPDATE`, the other two kinds of 423.
     BD_ERR_LOCKED = -7,
     /// HTTP 400 (a v1 app endpoint on a multi-container app, an app that is
     /// not installed, ...).
@@ -53,6 +54,13 @@ pub enum bd_status {
     BD_ERR_TOO_LARGE = -13,
     /// A bug inside the library (a caught panic).
     BD_ERR_INTERNAL = -14,
+    /// HTTP 423 that `force` cannot override: another supervisor operation
+    /// holds the app's locks (the supervisor waited about 10 s and gave up),
+    /// or any 423 answered although `force` was sent. Retry later.
+    BD_ERR_BUSY = -15,
+    /// HTTP 423 on reboot/shutdown: a host OS update is finishing. Do not
+    /// force: it can leave the device stuck mid-update. Retry later.
+    BD_ERR_HOST_UPDATE = -16,
 }
 
 /// App id meaning "this app": `BALENA_APP_ID`, else `RESIN_APP_ID`
