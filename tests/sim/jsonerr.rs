@@ -248,7 +248,7 @@ impl Parser<'_> {
     fn message(&self, e: Err, text: &str) -> String {
         let pos = self.pos();
         match e {
-            Err::At(m) if m.ends_with(" in JSON") => format!("{m} at position {pos}"),
+            Err::At(m) if m.ends_with(" JSON") => format!("{m} at position {pos}"),
             Err::At(m) => format!("{m} in JSON at position {pos}"),
             Err::Number => format!("Unexpected number in JSON at position {pos}"),
             Err::Unexpected => {

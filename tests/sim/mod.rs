@@ -928,6 +928,7 @@ fn stream_journal(shared: &Shared, w: &mut TcpStream, opts: &routes::JournalOpti
     let now = now_millis() * 1000;
     let first_us = now.saturating_sub(entries * 1_000_000);
     let emit = |w: &mut TcpStream, i: u64, at_us: u64| -> bool {
+        // i: the entry's number in this answer
         let text = journal_entry(i, at_us, &hostname, opts, format);
         let bytes = text.as_bytes();
         let cut = bytes.len() / 2;
@@ -941,13 +942,16 @@ fn stream_journal(shared: &Shared, w: &mut TcpStream, opts: &routes::JournalOpti
         Some(c) => entries.saturating_sub(c),
         None => 0,
     };
+    // Entries are numbered from 1 within each answer ("line 1", ...).
+    let mut n = 0;
     for i in start..entries {
-        if !emit(w, i, first_us + i * 1_000_000) {
+        n += 1;
+        if !emit(w, n, first_us + i * 1_000_000) {
             return false;
         }
     }
     if opts.follow {
-        let mut i = entries;
+        let mut i = n + 1;
         loop {
             match stream_wait(shared, w, Some(shared.cfg.log_interval)) {
                 StreamWait::ClientGone => return false,
@@ -1009,7 +1013,7 @@ fn journal_entry(
         .as_deref()
         .map(|u| u.trim_end_matches(".service").to_string())
         .unwrap_or_else(|| "balena-supervisor".to_string());
-    let message = format!("sim journal entry {i}");
+    let message = format!("line {i}");
     let fields = json!({
         "__CURSOR": format!("s=0;i={i:x}"),
         "__REALTIME_TIMESTAMP": at_us.to_string(),

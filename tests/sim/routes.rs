@@ -789,14 +789,16 @@ const PRIVATE_ENV: &[&str] = &["RESIN_SUPERVISOR_API_KEY", "BALENA_SUPERVISOR_AP
 fn v1_device(cx: &Ctx) -> Response {
     let mut dev = cx.st.device.clone();
     if let Some(o) = dev.as_object_mut() {
-        if cx.st.apply_in_progress {
-            o.remove("commit");
-        }
         let has_service = cx
             .st
             .apps
             .first()
             .is_some_and(|a| !cx.st.visible_services(a).is_empty());
+        // The commit the device is on is not known while an apply runs,
+        // nor without containers.
+        if cx.st.apply_in_progress || !has_service {
+            o.remove("commit");
+        }
         if !has_service {
             o.remove("status");
             o.remove("download_progress");
