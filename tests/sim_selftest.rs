@@ -613,7 +613,13 @@ fn v1_update_restart_purge() {
         (r.status, r.text().as_str()),
         (400, "Invalid or missing appId")
     );
-    let r = call_key(&sim, &sim.global_key(), "POST", "/v1/restart", json!({"appId": 999}));
+    let r = call_key(
+        &sim,
+        &sim.global_key(),
+        "POST",
+        "/v1/restart",
+        json!({"appId": 999}),
+    );
     assert_eq!(r.status, 503);
     assert_eq!(
         r.json()["message"],
@@ -671,7 +677,10 @@ fn v1_apps_stop_start_and_device_status() {
     let app = r.json();
     assert_eq!(app["appId"], 1234);
     assert_eq!(app["containerId"].as_str().unwrap().len(), 64);
-    assert_eq!(app["env"], json!({"GREETING": "hello", "BALENA_APP_ID": "1234"}));
+    assert_eq!(
+        app["env"],
+        json!({"GREETING": "hello", "BALENA_APP_ID": "1234"})
+    );
     assert_eq!(get(&sim, "/v1/apps/xyz").text(), "Missing app id");
     let global = sim.global_key();
     assert_eq!(
@@ -719,7 +728,11 @@ fn v1_apps_stop_start_and_device_status() {
 fn v1_host_config() {
     let sim = Sim::start();
     let cfg = get(&sim, "/v1/device/host-config").json();
-    assert_eq!(cfg, json!({"network": {"hostname": "device"}}), "no proxy: no key");
+    assert_eq!(
+        cfg,
+        json!({"network": {"hostname": "device"}}),
+        "no proxy: no key"
+    );
     let path = k(&sim, "/v1/device/host-config");
     let patch = |body: Value| call(&sim, "PATCH", &path, &[JSON], body.to_string().as_bytes());
     assert_eq!(patch(json!({"hostname": "x"})).status, 400);
@@ -751,7 +764,12 @@ fn v2_service_actions() {
         Some("exited")
     );
     assert_eq!(
-        post_json(&sim, "/v2/applications/1234/start-service", json!({"imageId": 1001})).status,
+        post_json(
+            &sim,
+            "/v2/applications/1234/start-service",
+            json!({"imageId": 1001})
+        )
+        .status,
         200
     );
     assert_eq!(
@@ -933,13 +951,7 @@ fn call_key(sim: &Sim, key: &str, method: &str, path: &str, body: Value) -> Resp
 }
 
 fn set_state(sim: &Sim, doc: Value) {
-    let r = call(
-        sim,
-        "POST",
-        "/_sim/state",
-        &[],
-        doc.to_string().as_bytes(),
-    );
+    let r = call(sim, "POST", "/_sim/state", &[], doc.to_string().as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -950,12 +962,27 @@ fn container_key_is_scoped_to_its_app_global_key_is_not() {
     let global = sim.global_key();
     assert_ne!(app_key, global);
     // Own app: fine with both.
-    let r = call_key(&sim, &app_key, "POST", "/v1/restart", json!({"appId": 1234}));
+    let r = call_key(
+        &sim,
+        &app_key,
+        "POST",
+        "/v1/restart",
+        json!({"appId": 1234}),
+    );
     assert_eq!(r.status, 200);
     // Another app: 401 with the container's key, the app's absence with the global one.
-    let r = call_key(&sim, &app_key, "POST", "/v1/restart", json!({"appId": 9999}));
+    let r = call_key(
+        &sim,
+        &app_key,
+        "POST",
+        "/v1/restart",
+        json!({"appId": 9999}),
+    );
     assert_eq!(r.status, 401);
-    assert_eq!(r.json(), json!({"status": "failed", "message": "Unauthorized"}));
+    assert_eq!(
+        r.json(),
+        json!({"status": "failed", "message": "Unauthorized"})
+    );
     let r = call_key(&sim, &app_key, "GET", "/v1/apps/9999", json!({}));
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["message"], "Application is not available");
@@ -1006,7 +1033,11 @@ fn regenerated_keys_keep_their_scope_and_the_old_one_dies() {
         let other = call_key(&sim, &new, "POST", "/v1/restart", json!({"appId": 9999})).status;
         assert_eq!(other, if which == "app" { 401 } else { 503 }, "{which}");
         let st = call(&sim, "GET", "/_sim/state", &[], b"").json();
-        let field = if which == "app" { "api_key" } else { "global_key" };
+        let field = if which == "app" {
+            "api_key"
+        } else {
+            "global_key"
+        };
         assert_eq!(st[field], new.as_str());
     }
     assert_eq!(
@@ -1018,11 +1049,21 @@ fn regenerated_keys_keep_their_scope_and_the_old_one_dies() {
 #[test]
 fn app_ids_must_be_whole_numbers() {
     let sim = Sim::start();
-    for bad in ["1234abc", "1234.5", "%201234", "0x4d2", "1e3", "12ab", "1234%2Fx"] {
+    for bad in [
+        "1234abc", "1234.5", "%201234", "0x4d2", "1e3", "12ab", "1234%2Fx",
+    ] {
         let r = get(&sim, &format!("/v1/apps/{bad}"));
-        assert_eq!((r.status, r.text().as_str()), (400, "Missing app id"), "{bad}");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (400, "Missing app id"),
+            "{bad}"
+        );
         let r = post_json(&sim, &format!("/v1/apps/{bad}/stop"), json!({}));
-        assert_eq!((r.status, r.text().as_str()), (400, "Invalid app id"), "{bad}");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (400, "Invalid app id"),
+            "{bad}"
+        );
     }
     assert_eq!(get(&sim, "/v1/apps/1234.0").status, 200);
     let r = get(&sim, "/v2/applications/12ab/state");
@@ -1031,10 +1072,23 @@ fn app_ids_must_be_whole_numbers() {
         (400, json!("Invalid application ID: 12ab"))
     );
     let r = post_json(&sim, "/v2/applications/12ab/restart", json!({}));
-    assert_eq!((r.status, r.json()["message"].clone()), (400, json!("Missing app id")));
-    for bad in [json!("1234abc"), json!(1234.5), json!(" 1234"), json!(true), json!("")] {
+    assert_eq!(
+        (r.status, r.json()["message"].clone()),
+        (400, json!("Missing app id"))
+    );
+    for bad in [
+        json!("1234abc"),
+        json!(1234.5),
+        json!(" 1234"),
+        json!(true),
+        json!(""),
+    ] {
         let r = post_json(&sim, "/v1/restart", json!({ "appId": bad }));
-        assert_eq!((r.status, r.text().as_str()), (400, "Missing app id"), "{bad}");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (400, "Missing app id"),
+            "{bad}"
+        );
     }
     for good in [json!(1234), json!("1234"), json!("1234.0"), json!([1234])] {
         let r = post_json(&sim, "/v1/restart", json!({ "appId": good }));
@@ -1045,10 +1099,18 @@ fn app_ids_must_be_whole_numbers() {
 #[test]
 fn service_actions_need_a_name_or_image_id_even_on_one_container() {
     let sim = Sim::start();
-    for body in [json!({}), json!({"serviceName": "null"}), json!({"imageId": "abc"})] {
+    for body in [
+        json!({}),
+        json!({"serviceName": "null"}),
+        json!({"imageId": "abc"}),
+    ] {
         let r = post_json(&sim, "/v2/applications/1234/restart-service", body.clone());
         assert_eq!(r.status, 400, "{body}");
-        assert!(r.text().starts_with("serviceName or imageId parameters"), "{}", r.text());
+        assert!(
+            r.text().starts_with("serviceName or imageId parameters"),
+            "{}",
+            r.text()
+        );
     }
     let r = call(
         &sim,
@@ -1060,7 +1122,11 @@ fn service_actions_need_a_name_or_image_id_even_on_one_container() {
     assert_eq!(r.status, 400);
     assert!(sim.state().actions.is_empty(), "nothing was done");
     // Any name acts on the one service.
-    let r = post_json(&sim, "/v2/applications/1234/stop-service", json!({"serviceName": "nope"}));
+    let r = post_json(
+        &sim,
+        "/v2/applications/1234/stop-service",
+        json!({"serviceName": "nope"}),
+    );
     assert_eq!(r.status, 200);
     assert_eq!(sim.state().actions, vec!["stop-service 1234/main"]);
     // Several services: the first that matches the name or the image id.
@@ -1071,7 +1137,10 @@ fn service_actions_need_a_name_or_image_id_even_on_one_container() {
         json!({"serviceName": "main", "imageId": 1002}),
     );
     assert_eq!(r.status, 200);
-    assert_eq!(sim.state().actions.last().unwrap(), "restart-service 1234/main");
+    assert_eq!(
+        sim.state().actions.last().unwrap(),
+        "restart-service 1234/main"
+    );
 }
 
 #[test]
@@ -1094,11 +1163,19 @@ fn three_kinds_of_423_with_the_real_texts() {
         )
     );
     assert_eq!(
-        post_json(&sim, "/v2/applications/1234/start-service", json!({"serviceName": "main"})).status,
+        post_json(
+            &sim,
+            "/v2/applications/1234/start-service",
+            json!({"serviceName": "main"})
+        )
+        .status,
         200,
         "start takes no lock"
     );
-    assert_eq!(post_json(&sim, "/v1/restart", json!({"appId": 1234, "force": true})).status, 200);
+    assert_eq!(
+        post_json(&sim, "/v1/restart", json!({"appId": 1234, "force": true})).status,
+        200
+    );
     assert!(!sim.state().locked, "the forced action deleted the lock");
 
     // 2. A host OS update finishing: reboot and shutdown only; force passes.
@@ -1108,14 +1185,20 @@ fn three_kinds_of_423_with_the_real_texts() {
         let r = post_json(&sim, route, json!({"force": false}));
         assert_eq!(
             (r.status, r.json()),
-            (423, json!({"Data": "", "Error": "Waiting for Host OS update to finish"}))
+            (
+                423,
+                json!({"Data": "", "Error": "Waiting for Host OS update to finish"})
+            )
         );
     }
     assert_eq!(
         post_json(&sim, "/v1/restart", json!({"appId": 1234})).json()["message"],
         "Lockfile exists for { appId: 1234, service: main }"
     );
-    assert_eq!(post_json(&sim, "/v1/reboot", json!({"force": true})).status, 202);
+    assert_eq!(
+        post_json(&sim, "/v1/reboot", json!({"force": true})).status,
+        202
+    );
     assert_eq!(sim.state().actions, vec!["reboot(force)"]);
 
     // 3. Another operation holds the locks: a wait, then 423 also with force.
@@ -1124,18 +1207,32 @@ fn three_kinds_of_423_with_the_real_texts() {
     let busy = "Locks for app 1234 are being held by another supervisor operation";
     let t = Instant::now();
     let r = post_json(&sim, "/v1/reboot", json!({"force": true}));
-    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
-    assert_eq!((r.status, r.json()), (423, json!({"Data": "", "Error": busy})));
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        (r.status, r.json()),
+        (423, json!({"Data": "", "Error": busy}))
+    );
     set_state(&sim, json!({"busy_wait_ms": 0}));
     for (route, body) in [
         ("/v1/restart", json!({"appId": 1234, "force": true})),
         ("/v1/purge", json!({"appId": 1234, "force": true})),
         ("/v1/apps/1234/stop", json!({"force": true})),
-        ("/v2/applications/1234/stop-service", json!({"serviceName": "main", "force": true})),
+        (
+            "/v2/applications/1234/stop-service",
+            json!({"serviceName": "main", "force": true}),
+        ),
         ("/v2/applications/1234/purge", json!({"force": true})),
     ] {
         let r = post_json(&sim, route, body);
-        assert_eq!((r.status, r.json()["message"].clone()), (423, json!(busy)), "{route}");
+        assert_eq!(
+            (r.status, r.json()["message"].clone()),
+            (423, json!(busy)),
+            "{route}"
+        );
     }
     let r = call(
         &sim,
@@ -1145,7 +1242,10 @@ fn three_kinds_of_423_with_the_real_texts() {
         br#"{"network":{"hostname":"x"},"force":true}"#,
     );
     assert_eq!((r.status, r.text()), (423, busy.to_string()));
-    assert_eq!(post_json(&sim, "/v1/apps/1234/start", json!({})).status, 200);
+    assert_eq!(
+        post_json(&sim, "/v1/apps/1234/start", json!({})).status,
+        200
+    );
     assert_eq!(sim.state().actions, vec!["start 1234/main"]);
 
     // The lock override acts as force for update locks.
@@ -1190,10 +1290,18 @@ fn actions_answer_late_and_happen_even_when_the_client_left() {
     });
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(get(&sim, "/v2/version").status, 200);
-    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
     let out = slow.join().unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert!(t.elapsed() >= Duration::from_millis(600), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
     // Errors are not delayed; reads are not actions.
     set_state(&sim, json!({"locked": true}));
     let t = Instant::now();
@@ -1238,14 +1346,24 @@ fn host_config_codec_locks_and_proxy() {
     );
     let r = patch(r#"{"foo":1}"#);
     assert_eq!(r.status, 400);
-    assert!(r.text().ends_with("at network but instead got: undefined"), "{}", r.text());
+    assert!(
+        r.text().ends_with("at network but instead got: undefined"),
+        "{}",
+        r.text()
+    );
     // dns outside the proxy is ignored.
     assert_eq!(patch(r#"{"network":{"dns":5}}"#).status, 200);
     // The same hostname still takes the lock; force passes and deletes it.
     set_state(&sim, json!({"locked": true}));
     let r = patch(r#"{"network":{"hostname":"device"}}"#);
-    assert_eq!((r.status, r.text().as_str()), (423, "Lockfile exists for { appId: 1234, service: main }"));
-    assert_eq!(patch(r#"{"network":{"hostname":"h2"},"force":true}"#).status, 200);
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (423, "Lockfile exists for { appId: 1234, service: main }")
+    );
+    assert_eq!(
+        patch(r#"{"network":{"hostname":"h2"},"force":true}"#).status,
+        200
+    );
     assert!(!sim.state().locked);
     // A proxy is merged into the current one; an empty one removes it.
     assert_eq!(
@@ -1268,19 +1386,39 @@ fn host_config_codec_locks_and_proxy() {
 fn tags_are_checked_before_the_tags_api() {
     let sim = Sim::start();
     let patch = |body: &str| {
-        call(&sim, "PATCH", &k(&sim, "/v2/device/tags"), &[JSON], body.as_bytes())
+        call(
+            &sim,
+            "PATCH",
+            &k(&sim, "/v2/device/tags"),
+            &[JSON],
+            body.as_bytes(),
+        )
     };
     set_state(&sim, json!({"tags_api_down": true}));
     let r = patch(r#"{"bad key":"x"}"#);
-    assert_eq!((r.status, r.json()["message"].clone()), (400, json!("Tag keys cannot contain whitespace")));
+    assert_eq!(
+        (r.status, r.json()["message"].clone()),
+        (400, json!("Tag keys cannot contain whitespace"))
+    );
     let r = patch(r#"{"k":1}"#);
     assert_eq!(r.status, 400);
-    assert!(r.json()["message"].as_str().unwrap().starts_with("Invalid tags body"));
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Invalid tags body"));
     let r = patch(r#"{"k":"v"}"#);
     assert_eq!(r.status, 500);
     set_state(&sim, json!({"tags_api_down": false}));
-    assert_eq!(patch(r#"{"":"x"}"#).status, 202, "an empty name is accepted");
-    assert_eq!(patch(r#"["a"]"#).status, 202, "an array is an object of strings");
+    assert_eq!(
+        patch(r#"{"":"x"}"#).status,
+        202,
+        "an empty name is accepted"
+    );
+    assert_eq!(
+        patch(r#"["a"]"#).status,
+        202,
+        "an array is an object of strings"
+    );
     assert_eq!(patch("[]").status, 202);
     let tags = get(&sim, "/v2/device/tags").json();
     assert_eq!(
@@ -1293,7 +1431,10 @@ fn tags_are_checked_before_the_tags_api() {
 fn local_target_state_is_converted_and_checked() {
     let sim = Sim::start();
     set_state(&sim, json!({"local_mode": true}));
-    assert_eq!(post_json(&sim, "/v2/local/target-state", json!({})).status, 200);
+    assert_eq!(
+        post_json(&sim, "/v2/local/target-state", json!({})).status,
+        200
+    );
     assert_eq!(
         get(&sim, "/v2/local/target-state").json()["state"],
         json!({"local": {"name": "sim-device", "config": {}, "apps": {}}})
@@ -1311,14 +1452,25 @@ fn local_target_state_is_converted_and_checked() {
     );
     let app = json!({"name": "myapp", "commit": "abc", "releaseId": 7,
         "services": {"11": {"serviceName": "main", "imageId": 12, "image": "alpine"}}});
-    let r = post_json(&sim, "/v2/local/target-state", json!({"local": {"name": "x", "config": {}, "apps": {"1234": app.clone()}}}));
+    let r = post_json(
+        &sim,
+        "/v2/local/target-state",
+        json!({"local": {"name": "x", "config": {}, "apps": {"1234": app.clone()}}}),
+    );
     assert_eq!(r.status, 400);
-    assert!(r.json()["message"].as_str().unwrap().contains("services.main.0.environment but instead got: undefined"));
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("services.main.0.environment but instead got: undefined"));
     let mut ok = app.clone();
     ok["services"]["11"]["environment"] = json!({"A": "1"});
     ok["services"]["11"]["labels"] = json!({});
     ok["services"]["11"]["restart"] = json!("always");
-    let r = post_json(&sim, "/v2/local/target-state", json!({"local": {"name": "x", "config": {}, "apps": {"1234": ok}}}));
+    let r = post_json(
+        &sim,
+        "/v2/local/target-state",
+        json!({"local": {"name": "x", "config": {}, "apps": {"1234": ok}}}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         get(&sim, "/v2/local/target-state").json()["state"]["local"]["apps"]["1234"],
@@ -1329,7 +1481,12 @@ fn local_target_state_is_converted_and_checked() {
     );
     // An app key that is not a number kills the supervisor: no answer.
     let mut c = Conn::open(&sim);
-    c.send("POST", &k(&sim, "/v2/local/target-state"), &[JSON], br#"{"local":{"apps":{"x":{}}}}"#);
+    c.send(
+        "POST",
+        &k(&sim, "/v2/local/target-state"),
+        &[JSON],
+        br#"{"local":{"apps":{"x":{}}}}"#,
+    );
     assert!(c.read_head().is_none());
 }
 
@@ -1337,8 +1494,14 @@ fn local_target_state_is_converted_and_checked() {
 fn v1_app_and_v2_app_state_shapes() {
     let sim = Sim::start();
     let app = get(&sim, "/v1/apps/1234").json();
-    assert!(app["imageId"].as_str().unwrap().starts_with("registry2.balena-cloud.com/v2/"));
-    assert_eq!(app["env"], json!({"GREETING": "hello", "BALENA_APP_ID": "1234"}));
+    assert!(app["imageId"]
+        .as_str()
+        .unwrap()
+        .starts_with("registry2.balena-cloud.com/v2/"));
+    assert_eq!(
+        app["env"],
+        json!({"GREETING": "hello", "BALENA_APP_ID": "1234"})
+    );
     let st = get(&sim, "/v2/applications/1234/state").json();
     assert!(st.get("dependent").is_none());
     assert!(st["local"]["1234"]["services"]["1001"].is_object());
@@ -1356,7 +1519,11 @@ fn device_states_apply_in_progress_and_no_services() {
     set_state(&sim, json!({"no_services": true}));
     assert_eq!(get(&sim, "/v1/apps/1234").text(), "App not found");
     assert_eq!(get(&sim, "/v2/containerId").json()["services"], json!({}));
-    let r = post_json(&sim, "/v2/applications/1234/restart-service", json!({"serviceName": "main"}));
+    let r = post_json(
+        &sim,
+        "/v2/applications/1234/restart-service",
+        json!({"serviceName": "main"}),
+    );
     assert_eq!(r.status, 404);
     let dev = get(&sim, "/v1/device").json();
     assert!(dev.get("status").is_none() && dev.get("download_progress").is_none());
@@ -1367,17 +1534,29 @@ fn journal_without_count_is_whole_and_formats_are_honoured() {
     let sim = Sim::start();
     set_state(&sim, json!({"journal_entries": 7}));
     let lines = |body: &str| -> Vec<String> {
-        let r = call(&sim, "POST", &k(&sim, "/v2/journal-logs"), &[JSON], body.as_bytes());
+        let r = call(
+            &sim,
+            "POST",
+            &k(&sim, "/v2/journal-logs"),
+            &[JSON],
+            body.as_bytes(),
+        );
         assert_eq!(r.status, 200);
         r.text().lines().map(str::to_string).collect()
     };
     assert_eq!(lines("{}").len(), 7);
     assert_eq!(lines(r#"{"count":0}"#).len(), 7);
     assert_eq!(lines(r#"{"count":"2"}"#).len(), 2);
-    assert_eq!(lines(r#"{"count":3,"format":"cat"}"#), vec!["line 1", "line 2", "line 3"]);
+    assert_eq!(
+        lines(r#"{"count":3,"format":"cat"}"#),
+        vec!["line 1", "line 2", "line 3"]
+    );
     assert!(lines(r#"{"count":2,"format":"bogus"}"#).is_empty());
     let iso = lines(r#"{"count":1,"format":"short-iso"}"#);
-    assert!(iso[0].contains("T") && iso[0].ends_with("balena-supervisor[1]: line 1"), "{iso:?}");
+    assert!(
+        iso[0].contains("T") && iso[0].ends_with("balena-supervisor[1]: line 1"),
+        "{iso:?}"
+    );
     let js = lines(r#"{"count":1,"format":"json"}"#);
     let v: Value = serde_json::from_str(&js[0]).unwrap();
     assert!(v["__REALTIME_TIMESTAMP"].is_string() && v["MESSAGE"] == "line 1");
@@ -1391,7 +1570,12 @@ fn quiet_journal_stays_open_and_close_streams_ends_it() {
     });
     set_state(&sim, json!({"journal_quiet": true, "journal_entries": 0}));
     let mut c = Conn::open(&sim);
-    c.send("POST", &k(&sim, "/v2/journal-logs"), &[JSON], br#"{"follow":true}"#);
+    c.send(
+        "POST",
+        &k(&sim, "/v2/journal-logs"),
+        &[JSON],
+        br#"{"follow":true}"#,
+    );
     assert_eq!(c.read_head().unwrap().status, 200);
     c.reader
         .get_ref()
@@ -1399,7 +1583,10 @@ fn quiet_journal_stays_open_and_close_streams_ends_it() {
         .unwrap();
     let mut b = [0u8; 1];
     let quiet = c.reader.read(&mut b);
-    assert!(quiet.is_err(), "nothing is sent, the stream stays open: {quiet:?}");
+    assert!(
+        quiet.is_err(),
+        "nothing is sent, the stream stays open: {quiet:?}"
+    );
     // The server ends the stream: last chunk, then close, well under a second.
     let t = Instant::now();
     set_state(&sim, json!({"close_streams": true}));
@@ -1409,10 +1596,17 @@ fn quiet_journal_stays_open_and_close_streams_ends_it() {
         .unwrap();
     assert!(c.read_chunk().is_none(), "terminating chunk");
     assert!(c.closed_within(Duration::from_secs(1)));
-    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
     // While set, a new stream ends after its first lines.
     let r = call(&sim, "GET", &k(&sim, "/v2/local/logs"), &[], b"");
-    assert_eq!(r.text(), "{\"isSystem\":true,\"message\":\"Streaming logs\"}\n");
+    assert_eq!(
+        r.text(),
+        "{\"isSystem\":true,\"message\":\"Streaming logs\"}\n"
+    );
 }
 
 #[test]
@@ -1448,20 +1642,48 @@ fn local_logs_on_a_managed_device_send_one_line_then_nothing() {
 fn json_errors_read_like_node_and_a_bom_is_dropped() {
     let sim = Sim::start();
     let send = |body: &str| {
-        call(&sim, "POST", &k(&sim, "/v1/restart"), &[JSON], body.as_bytes())
+        call(
+            &sim,
+            "POST",
+            &k(&sim, "/v1/restart"),
+            &[JSON],
+            body.as_bytes(),
+        )
     };
     for (body, msg) in [
-        (r#"{"appId":1234"#, "Expected ',' or '}' after property value in JSON at position 13"),
-        (r#"{"appId":1234,}"#, "Expected double-quoted property name in JSON at position 14"),
-        ("{appId:1234}", "Expected property name or '}' in JSON at position 1"),
-        (r#"{"appId":1234}{"x":1}"#, "Unexpected non-whitespace character after JSON at position 14"),
-        ("{\"appId\":\"12\u{1}34\"}", "Bad control character in string literal in JSON at position 12"),
-        ("not json", "Unexpected token 'n', \"not json\" is not valid JSON"),
+        (
+            r#"{"appId":1234"#,
+            "Expected ',' or '}' after property value in JSON at position 13",
+        ),
+        (
+            r#"{"appId":1234,}"#,
+            "Expected double-quoted property name in JSON at position 14",
+        ),
+        (
+            "{appId:1234}",
+            "Expected property name or '}' in JSON at position 1",
+        ),
+        (
+            r#"{"appId":1234}{"x":1}"#,
+            "Unexpected non-whitespace character after JSON at position 14",
+        ),
+        (
+            "{\"appId\":\"12\u{1}34\"}",
+            "Bad control character in string literal in JSON at position 12",
+        ),
+        (
+            "not json",
+            "Unexpected token 'n', \"not json\" is not valid JSON",
+        ),
         ("[1,]", "Unexpected token ']', \"[1,]\" is not valid JSON"),
         ("   ", "Unexpected end of JSON input"),
     ] {
         let r = send(body);
-        assert_eq!((r.status, r.json()["message"].clone()), (503, json!(msg)), "{body:?}");
+        assert_eq!(
+            (r.status, r.json()["message"].clone()),
+            (503, json!(msg)),
+            "{body:?}"
+        );
     }
     assert_eq!(send("\u{feff}{\"appId\":1234}").status, 200);
 }
@@ -1472,9 +1694,23 @@ fn options_and_quoted_paths_like_express() {
     let r = call(&sim, "OPTIONS", &k(&sim, "/v2/version"), &[], b"");
     assert_eq!((r.status, r.text().as_str()), (200, "GET,HEAD"));
     assert_eq!(r.header("allow"), Some("GET,HEAD"));
-    let r = call(&sim, "OPTIONS", &k(&sim, "/v1/device/host-config"), &[], b"");
+    let r = call(
+        &sim,
+        "OPTIONS",
+        &k(&sim, "/v1/device/host-config"),
+        &[],
+        b"",
+    );
     assert_eq!(r.text(), "GET,HEAD,PATCH");
-    assert_eq!(call(&sim, "OPTIONS", &k(&sim, "/v2/nope"), &[], b"").status, 404);
+    assert_eq!(
+        call(&sim, "OPTIONS", &k(&sim, "/v2/nope"), &[], b"").status,
+        404
+    );
     let r = get(&sim, "/v2/<b>x</b>");
-    assert!(r.text().contains("<pre>Cannot GET /v2/%3Cb%3Ex%3C/b%3E</pre>"), "{}", r.text());
+    assert!(
+        r.text()
+            .contains("<pre>Cannot GET /v2/%3Cb%3Ex%3C/b%3E</pre>"),
+        "{}",
+        r.text()
+    );
 }

@@ -176,7 +176,11 @@ impl Parser<'_> {
                         Some('"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't') => self.i += 1,
                         Some('u') => {
                             for k in 1..=4 {
-                                if !self.s.get(self.i + k).is_some_and(|c| c.is_ascii_hexdigit()) {
+                                if !self
+                                    .s
+                                    .get(self.i + k)
+                                    .is_some_and(|c| c.is_ascii_hexdigit())
+                                {
                                     self.i += k;
                                     return Err(Err::At("Bad Unicode escape"));
                                 }

@@ -1041,7 +1041,10 @@ fn journal_entry(
         JournalFormat::Cat => format!("{message}\n"),
         JournalFormat::Json => format!("{fields}\n"),
         JournalFormat::JsonPretty => {
-            format!("{}\n", serde_json::to_string_pretty(&fields).unwrap_or_default())
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&fields).unwrap_or_default()
+            )
         }
         JournalFormat::Export => {
             let mut out = String::new();
@@ -1054,6 +1057,16 @@ fn journal_entry(
             out
         }
     }
+}
+
+/// The name of a service's image (what `GET /v1/apps/:id` shows as
+/// `imageId`, and `image` in the v2 state).
+pub fn image_name(app_id: u32, service: &str) -> String {
+    format!(
+        "registry2.balena-cloud.com/v2/{}@sha256:{}",
+        hex_id(&format!("image:{app_id}:{service}"), 32),
+        hex_id(&format!("digest:{app_id}:{service}"), 64)
+    )
 }
 
 /// Deterministic hex string of `len` characters derived from `seed`.

@@ -953,7 +953,10 @@ fn v1_patch_host_config(cx: &mut Ctx) -> Response {
         );
     }
     let net = cx.body["network"].clone();
-    let hostname = net.get("hostname").and_then(Value::as_str).map(str::to_string);
+    let hostname = net
+        .get("hostname")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let proxy = net.get("proxy").filter(|p| !p.is_null()).cloned();
     if hostname.is_none() && proxy.is_none() {
         return send_text(200, "OK");
@@ -1025,8 +1028,7 @@ fn v2_service_action(cx: &mut Ctx, action: &str) -> Response {
     if service_name.is_none() && image_id.is_none() {
         return send_text(400, V2_SERVICE_ENDPOINT_ERROR);
     }
-    let (app_id, name, _) = match find_service(cx, id, service_name.as_deref(), image_id, false)
-    {
+    let (app_id, name, _) = match find_service(cx, id, service_name.as_deref(), image_id, false) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -1060,11 +1062,7 @@ fn v2_app_action(cx: &mut Ctx, action: &str) -> Response {
 }
 
 fn image_name(app_id: u32, svc: &super::SimService) -> String {
-    format!(
-        "registry2.balena-cloud.com/v2/{}@sha256:{}",
-        super::hex_id(&format!("image:{app_id}:{}", svc.name), 32),
-        super::hex_id(&format!("digest:{app_id}:{}", svc.name), 64)
-    )
+    super::image_name(app_id, &svc.name)
 }
 
 fn v2_applications_state(cx: &Ctx) -> Response {
@@ -1169,7 +1167,9 @@ fn v2_state_status(cx: &Ctx) -> Response {
     } else {
         json!(f64::from(progress.iter().sum::<u32>()) / progress.len() as f64)
     };
-    let release = app.map(|a| Value::String(a.commit.clone())).unwrap_or(Value::Null);
+    let release = app
+        .map(|a| Value::String(a.commit.clone()))
+        .unwrap_or(Value::Null);
     let applying = cx.st.apply_in_progress;
     send_json(
         200,
@@ -1247,7 +1247,11 @@ fn v2_patch_tags(cx: &mut Ctx) -> Response {
     // its entries are (index, element).
     let entries: Vec<(String, &Value)> = match &cx.body {
         Value::Object(o) => o.iter().map(|(k, v)| (k.clone(), v)).collect(),
-        Value::Array(a) => a.iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
         _ => return fail(400, TAGS_BAD_BODY),
     };
     let mut updates = Vec::new();
@@ -1320,7 +1324,10 @@ fn v2_set_target_state(cx: &mut Ctx) -> Option<Response> {
     }
     cx.st.target_state = json!({"local": {"name": name, "config": config, "apps": apps}});
     cx.st.actions.push("target-state".into());
-    Some(send_json(200, json!({"status": "success", "message": "OK"})))
+    Some(send_json(
+        200,
+        json!({"status": "success", "message": "OK"}),
+    ))
 }
 
 /// One app of a v2 target in the device's (v3) form.
@@ -1409,16 +1416,31 @@ fn numeric_id(v: Option<&Value>) -> bool {
 
 /// The checks of the supervisor's target-state codec that a client can
 /// meet, as lines of its report (empty: valid).
-fn check_target(uuid: &str, name: &Value, config: &Value, apps: &Map<String, Value>) -> Vec<String> {
+fn check_target(
+    uuid: &str,
+    name: &Value,
+    config: &Value,
+    apps: &Map<String, Value>,
+) -> Vec<String> {
     let mut errs = Vec::new();
     let at = |path: String, what: &str, v: Option<&Value>| {
-        format!("Expecting {what} at {uuid}.{path} but instead got: {}", js_show(v))
+        format!(
+            "Expecting {what} at {uuid}.{path} but instead got: {}",
+            js_show(v)
+        )
     };
-    if !name.as_str().is_some_and(|n| !n.is_empty() && n.len() <= 255) {
+    if !name
+        .as_str()
+        .is_some_and(|n| !n.is_empty() && n.len() <= 255)
+    {
         errs.push(at("name".into(), "DeviceName", Some(name)));
     }
     match config.as_object() {
-        None => errs.push(at("config".into(), "{ [K in string]: string }", Some(config))),
+        None => errs.push(at(
+            "config".into(),
+            "{ [K in string]: string }",
+            Some(config),
+        )),
         Some(c) => {
             for (k, v) in c {
                 if !v.is_string() {
@@ -1438,7 +1460,11 @@ fn check_target(uuid: &str, name: &Value, config: &Value, apps: &Map<String, Val
         for (commit, rel) in releases {
             let rbase = format!("{base}.releases.{commit}");
             if !numeric_id(rel.get("id")) {
-                errs.push(at(format!("{rbase}.id"), "NumericIdentifier", rel.get("id")));
+                errs.push(at(
+                    format!("{rbase}.id"),
+                    "NumericIdentifier",
+                    rel.get("id"),
+                ));
             }
             let Some(svcs) = rel.get("services").and_then(Value::as_object) else {
                 continue;
@@ -1453,7 +1479,11 @@ fn check_target(uuid: &str, name: &Value, config: &Value, apps: &Map<String, Val
                     ));
                 }
                 if !svc.get("image").is_some_and(Value::is_string) {
-                    errs.push(at(format!("{sbase}.image"), "ShortString", svc.get("image")));
+                    errs.push(at(
+                        format!("{sbase}.image"),
+                        "ShortString",
+                        svc.get("image"),
+                    ));
                 }
                 for (field, kind) in [
                     ("environment", "{ [K in EnvVarName]: string }"),
