@@ -1714,3 +1714,59 @@ fn options_and_quoted_paths_like_express() {
         r.text()
     );
 }
+
+#[test]
+fn a_dead_process_refuses_connections_until_it_restarts() {
+    let sim = Sim::start();
+    set_state(&sim, json!({"local_mode": true, "restart_ms": 600}));
+    let mut idle = Conn::open(&sim);
+    assert_eq!(idle.call("GET", "/ping", &[], b"").status, 200);
+    let t = Instant::now();
+    let mut c = Conn::open(&sim);
+    c.send(
+        "POST",
+        "/v2/local/target-state",
+        &[JSON],
+        br#"{"local":{"apps":{"x":{}}}}"#,
+    );
+    assert!(c.read_head().is_none(), "no answer");
+    assert!(
+        idle.closed_within(Duration::from_secs(1)),
+        "open connections die"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let refused = TcpStream::connect(("127.0.0.1", sim.port()));
+    assert!(refused.is_err(), "the port refuses connections while down");
+    // Back after restart_ms, state kept.
+    let mut up = false;
+    while t.elapsed() < Duration::from_secs(3) {
+        if TcpStream::connect(("127.0.0.1", sim.port())).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(up, "listening again");
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(call(&sim, "GET", "/ping", &[], b"").status, 200);
+    // crash_next only drops a connection: the server keeps serving.
+    set_state(&sim, json!({"crash_next": true}));
+    let mut c = Conn::open(&sim);
+    c.send("GET", "/v2/version", &[], b"");
+    assert!(c.read_head().is_none());
+    assert_eq!(call(&sim, "GET", "/ping", &[], b"").status, 200);
+    // Stopping while down does not hang.
+    let mut c = Conn::open(&sim);
+    c.send(
+        "POST",
+        "/v2/local/target-state",
+        &[JSON],
+        br#"{"local":{"apps":{"x":{}}}}"#,
+    );
+    assert!(c.read_head().is_none());
+    drop(sim); // stopping while down must not hang
+}

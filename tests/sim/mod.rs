@@ -60,7 +60,11 @@
 //!   progress, and new ones after their first lines, are ended by the
 //!   server (last chunk, then the connection is closed).
 //! - `stall_ms` [0] (every answer late), `crash_next` [false] (drop the next
-//!   request's connection unanswered).
+//!   request's connection unanswered, the server keeps serving);
+//!   `restart_ms` [1000]: when the simulated supervisor process dies (a
+//!   local target state whose app key is not a number), its port refuses
+//!   connections and its open connections close, for this long; 0: it
+//!   keeps serving.
 //! - `api_key`, `global_key`, `device_name`, `device_uuid`,
 //!   `supervisor_version` (strings); `scoped_keys` (`[{"key","apps":[ids]}]`);
 //!   `device`, `host_config`, `target_state` (JSON, replaced whole); `tags`
@@ -202,6 +206,10 @@ pub struct SimState {
     pub journal_quiet: bool,
     /// The server ends log streams.
     pub close_streams: bool,
+    /// When the simulated process dies (a local target state that kills the
+    /// real supervisor), the port refuses connections for this long (0: it
+    /// keeps serving).
+    pub restart_ms: u64,
     /// Apps have all their services (default app: `main` and `worker`);
     /// otherwise only their first one.
     pub multi_container: bool,
@@ -274,6 +282,7 @@ impl SimState {
             journal_entries: 50,
             journal_quiet: false,
             close_streams: false,
+            restart_ms: 1000,
             multi_container: cfg.multi_container,
             local_mode: cfg.local_mode,
             unmanaged: cfg.unmanaged,
@@ -522,6 +531,9 @@ struct Shared {
     api_connections: AtomicUsize,
     next_conn: AtomicU64,
     stopping: AtomicBool,
+    /// The simulated supervisor process died: the accept loop closes the
+    /// port for `restart_ms`.
+    restart_pending: AtomicBool,
     live: Mutex<HashMap<u64, TcpStream>>,
 }
 
@@ -573,6 +585,7 @@ impl Sim {
             api_connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            restart_pending: AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
         });
         let sh = Arc::clone(&shared);
@@ -677,13 +690,41 @@ impl Drop for Sim {
     }
 }
 
-fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    for conn in listener.incoming() {
+fn accept_loop(shared: Arc<Shared>, mut listener: TcpListener) {
+    loop {
+        let conn = listener.accept();
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
+        if shared.restart_pending.swap(false, Ordering::SeqCst) {
+            // The process is gone: its port refuses connections and its
+            // connections die, until it has restarted.
+            drop(conn);
+            drop(listener);
+            for (_, s) in lock(&shared.live).drain() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            let down = Duration::from_millis(shared.state().restart_ms);
+            let start = std::time::Instant::now();
+            while start.elapsed() < down {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            listener = loop {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                match TcpListener::bind(("127.0.0.1", shared.port)) {
+                    Ok(l) => break l,
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            };
+            continue;
+        }
         let stream = match conn {
-            Ok(s) => s,
+            Ok((s, _)) => s,
             Err(_) => {
                 thread::sleep(Duration::from_millis(10));
                 continue;
@@ -704,6 +745,18 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// The simulated supervisor process dies (its connection is dropped by the
+/// caller): the port is closed for `restart_ms` (0: it keeps serving).
+fn process_died(shared: &Shared) {
+    if shared.state().restart_ms == 0 {
+        return;
+    }
+    shared.restart_pending.store(true, Ordering::SeqCst);
+    // Wake the accept loop.
+    let addr = SocketAddr::from(([127, 0, 0, 1], shared.port));
+    let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
 }
 
 fn serve_connection(shared: Arc<Shared>, stream: TcpStream, conn_id: u64) {
@@ -802,7 +855,10 @@ fn serve_requests(
                     return;
                 }
             }
-            routes::Outcome::Drop => return,
+            routes::Outcome::Drop => {
+                process_died(shared);
+                return;
+            }
             routes::Outcome::LocalLogs { services, live } => {
                 if http::write_stream_head(writer, keep_alive, idle).is_ok() && !head_only {
                     stream_local_logs(shared, writer, &services, live);
