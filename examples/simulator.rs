@@ -6,7 +6,8 @@
 //!     [--multi-container] [--locked] [--local-mode]
 //! ```
 //!
-//! It prints the `export` lines that point the library at it, logs every
+//! It prints the `export` lines that point the library at it (the key is
+//! the app container's, scoped to the app, as on a device), logs every
 //! request (method and path) to stderr and runs until killed. Its state can
 //! be changed while it runs through the control routes, e.g.
 //! `curl -X POST -d '{"locked":true}' http://127.0.0.1:48484/_sim/state`.
@@ -20,7 +21,10 @@ use std::time::Duration;
 
 const USAGE: &str = "usage: simulator [options]
   --port N             port on 127.0.0.1 (default 48484; 0 = any free port)
-  --key KEY            API key (default sim-key-0123456789abcdef)
+  --key KEY            the app containers' API key, scoped to the app
+                       (default sim-key-0123456789abcdef)
+  --global-key KEY     the global key, valid for every app (default: derived
+                       from --key; see GET /_sim/state)
   --app-id N           id of the installed app (default 1234)
   --multi-container    the app has two services, main and worker
   --locked             an update lock is held
@@ -65,6 +69,13 @@ fn main() {
                 if cfg.api_key.is_empty() {
                     die("--key must not be empty");
                 }
+            }
+            "--global-key" => {
+                let k = value().unwrap_or_else(|| die("--global-key needs a value"));
+                if k.is_empty() {
+                    die("--global-key must not be empty");
+                }
+                cfg.global_key = Some(k);
             }
             "--app-id" => cfg.app_id = number(&flag, value()),
             "--idle-ms" => cfg.idle_timeout = Duration::from_millis(number(&flag, value())),

@@ -177,7 +177,8 @@ fn python_example_prints_state_and_reboots_only_when_allowed() {
         (
             app.commit.clone(),
             app.services[0].container_id.clone(),
-            app.services[0].image_id,
+            // `GET /v1/apps/:id` shows the image's name as `imageId`.
+            sim::image_name(app.app_id, &app.services[0].name),
         )
     });
 

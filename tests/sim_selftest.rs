@@ -264,7 +264,10 @@ fn body_parsed_only_as_json() {
         let r = call(&sim, "POST", &url, &[("Content-Type", ct)], force);
         assert_eq!(r.status, 423, "{ct}");
         assert_eq!(r.json()["Data"], "");
-        assert!(r.json()["Error"].as_str().unwrap().contains("locked"));
+        assert!(r.json()["Error"]
+            .as_str()
+            .unwrap()
+            .contains("Lockfile exists"));
     }
     let r = call(&sim, "POST", &url, &[], force);
     assert_eq!(r.status, 423);
@@ -413,6 +416,7 @@ fn keep_alive_then_idle_close() {
 fn local_logs_stream_line_by_line() {
     let sim = Sim::start_with(SimConfig {
         log_interval: Duration::from_millis(60),
+        local_mode: true,
         ..SimConfig::default()
     });
     let mut c = Conn::open(&sim);
@@ -609,7 +613,13 @@ fn v1_update_restart_purge() {
         (r.status, r.text().as_str()),
         (400, "Invalid or missing appId")
     );
-    let r = post_json(&sim, "/v1/restart", json!({"appId": 999}));
+    let r = call_key(
+        &sim,
+        &sim.global_key(),
+        "POST",
+        "/v1/restart",
+        json!({"appId": 999}),
+    );
     assert_eq!(r.status, 503);
     assert_eq!(
         r.json()["message"],
@@ -667,9 +677,16 @@ fn v1_apps_stop_start_and_device_status() {
     let app = r.json();
     assert_eq!(app["appId"], 1234);
     assert_eq!(app["containerId"].as_str().unwrap().len(), 64);
-    assert_eq!(app["env"], json!({}));
+    assert_eq!(
+        app["env"],
+        json!({"GREETING": "hello", "BALENA_APP_ID": "1234"})
+    );
     assert_eq!(get(&sim, "/v1/apps/xyz").text(), "Missing app id");
-    assert_eq!(get(&sim, "/v1/apps/55").text(), "App not found");
+    let global = sim.global_key();
+    assert_eq!(
+        call_key(&sim, &global, "GET", "/v1/apps/55", json!({})).text(),
+        "App not found"
+    );
 
     sim.with_state(|s| s.locked = true);
     let r = post_json(&sim, "/v1/apps/1234/stop", json!({}));
@@ -690,7 +707,7 @@ fn v1_apps_stop_start_and_device_status() {
 
     let r = post_json(&sim, "/v1/apps/x1/stop", json!({}));
     assert_eq!((r.status, r.text().as_str()), (400, "Invalid app id"));
-    let r = post_json(&sim, "/v1/apps/4321/stop", json!({}));
+    let r = call_key(&sim, &global, "POST", "/v1/apps/4321/stop", json!({}));
     assert_eq!(r.status, 503);
 
     sim.with_state(|s| s.multi_container = true);
@@ -711,7 +728,11 @@ fn v1_apps_stop_start_and_device_status() {
 fn v1_host_config() {
     let sim = Sim::start();
     let cfg = get(&sim, "/v1/device/host-config").json();
-    assert_eq!(cfg["network"]["proxy"], json!({}));
+    assert_eq!(
+        cfg,
+        json!({"network": {"hostname": "device"}}),
+        "no proxy: no key"
+    );
     let path = k(&sim, "/v1/device/host-config");
     let patch = |body: Value| call(&sim, "PATCH", &path, &[JSON], body.to_string().as_bytes());
     assert_eq!(patch(json!({"hostname": "x"})).status, 400);
@@ -719,9 +740,9 @@ fn v1_host_config() {
     let r = patch(json!({"network": {"hostname": "newname"}}));
     assert_eq!(r.status, 423);
     assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
-    // Unchanged values take no lock.
+    // An unchanged hostname takes the lock too.
     let host = cfg["network"]["hostname"].clone();
-    assert_eq!(patch(json!({"network": {"hostname": host}})).status, 200);
+    assert_eq!(patch(json!({"network": {"hostname": host}})).status, 423);
     let r = patch(json!({"network": {"hostname": "newname"}, "force": true}));
     assert_eq!((r.status, r.text().as_str()), (200, "OK"));
     assert!(!sim.state().locked);
@@ -743,7 +764,12 @@ fn v2_service_actions() {
         Some("exited")
     );
     assert_eq!(
-        post_json(&sim, "/v2/applications/1234/start-service", json!({})).status,
+        post_json(
+            &sim,
+            "/v2/applications/1234/start-service",
+            json!({"imageId": 1001})
+        )
+        .status,
         200
     );
     assert_eq!(
@@ -766,8 +792,10 @@ fn v2_service_actions() {
         r.json(),
         json!({"status": "failed", "message": "Invalid app id"})
     );
-    let r = post_json(
+    let r = call_key(
         &sim,
+        &sim.global_key(),
+        "POST",
         "/v2/applications/999/stop-service",
         json!({"serviceName": "main"}),
     );
@@ -846,7 +874,7 @@ fn v2_state_and_device_endpoints() {
     );
 
     let tags = k(&sim, "/v2/device/tags");
-    for bad in [json!({"a": 1}), json!({"a b": "x"}), json!(["x"])] {
+    for bad in [json!({"a": 1}), json!({"a b": "x"})] {
         let r = call(&sim, "PATCH", &tags, &[JSON], bad.to_string().as_bytes());
         assert_eq!(r.status, 400, "{bad}");
         assert_eq!(r.json()["status"], "failed");
@@ -864,9 +892,11 @@ fn v2_state_and_device_endpoints() {
         "Target state can only set when device is in local mode"
     );
     sim.with_state(|s| s.local_mode = true);
+    // A `local` that is not an object counts as missing (the real route
+    // reads `local?.name` and the like).
     assert_eq!(
         post_json(&sim, "/v2/local/target-state", json!({"local": 1})).status,
-        400
+        200
     );
     let r = post_json(&sim, "/v2/local/target-state", target.clone());
     assert_eq!(r.json(), json!({"status": "success", "message": "OK"}));
@@ -904,4 +934,839 @@ fn stop_closes_listener_and_connections() {
     sim.stop();
     assert!(c.closed_within(Duration::from_millis(500)));
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Behaviours matched to the real supervisor routes (issue 8).
+
+fn call_key(sim: &Sim, key: &str, method: &str, path: &str, body: Value) -> Resp {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    call(
+        sim,
+        method,
+        &format!("{path}{sep}apikey={key}"),
+        &[JSON],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn set_state(sim: &Sim, doc: Value) {
+    let r = call(sim, "POST", "/_sim/state", &[], doc.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn container_key_is_scoped_to_its_app_global_key_is_not() {
+    let sim = Sim::start();
+    let app_key = sim.api_key();
+    let global = sim.global_key();
+    assert_ne!(app_key, global);
+    // Own app: fine with both.
+    let r = call_key(
+        &sim,
+        &app_key,
+        "POST",
+        "/v1/restart",
+        json!({"appId": 1234}),
+    );
+    assert_eq!(r.status, 200);
+    // Another app: 401 with the container's key, the app's absence with the global one.
+    let r = call_key(
+        &sim,
+        &app_key,
+        "POST",
+        "/v1/restart",
+        json!({"appId": 9999}),
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.json(),
+        json!({"status": "failed", "message": "Unauthorized"})
+    );
+    let r = call_key(&sim, &app_key, "GET", "/v1/apps/9999", json!({}));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["message"], "Application is not available");
+    let r = call_key(&sim, &app_key, "POST", "/v1/apps/9999/stop", json!({}));
+    assert_eq!((r.status, r.text().as_str()), (401, "Unauthorized"));
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let r = call_key(&sim, &global, "POST", "/v1/restart", json!({"appId": 9999}));
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.json()["message"],
+        "Application with ID 9999 is not in the current state"
+    );
+    // The state routes show only the key's apps.
+    sim.with_state(|s| {
+        let mut other = s.apps[0].clone();
+        other.app_id = 4321;
+        other.name = "other".into();
+        s.apps.push(other);
+    });
+    let r = call_key(&sim, &app_key, "GET", "/v2/applications/state", json!({}));
+    assert_eq!(r.json().as_object().unwrap().len(), 1);
+    let r = call_key(&sim, &global, "GET", "/v2/applications/state", json!({}));
+    assert_eq!(r.json().as_object().unwrap().len(), 2);
+}
+
+#[test]
+fn regenerated_keys_keep_their_scope_and_the_old_one_dies() {
+    let sim = Sim::start();
+    for which in ["app", "global"] {
+        let old = if which == "app" {
+            sim.api_key()
+        } else {
+            sim.global_key()
+        };
+        let r = call_key(&sim, &old, "POST", "/v1/regenerate-api-key", json!({}));
+        assert_eq!(r.status, 200);
+        let new = r.text();
+        assert_eq!(new.len(), 32, "{which}");
+        assert_eq!(
+            call_key(&sim, &old, "GET", "/v2/version", json!({})).status,
+            401,
+            "old {which} key"
+        );
+        assert_eq!(
+            call_key(&sim, &new, "GET", "/v2/version", json!({})).status,
+            200
+        );
+        let other = call_key(&sim, &new, "POST", "/v1/restart", json!({"appId": 9999})).status;
+        assert_eq!(other, if which == "app" { 401 } else { 503 }, "{which}");
+        let st = call(&sim, "GET", "/_sim/state", &[], b"").json();
+        let field = if which == "app" {
+            "api_key"
+        } else {
+            "global_key"
+        };
+        assert_eq!(st[field], new.as_str());
+    }
+    assert_eq!(
+        sim.state().actions,
+        vec!["regenerate-api-key", "regenerate-api-key"]
+    );
+}
+
+#[test]
+fn app_ids_must_be_whole_numbers() {
+    let sim = Sim::start();
+    for bad in [
+        "1234abc", "1234.5", "%201234", "0x4d2", "1e3", "12ab", "1234%2Fx",
+    ] {
+        let r = get(&sim, &format!("/v1/apps/{bad}"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (400, "Missing app id"),
+            "{bad}"
+        );
+        let r = post_json(&sim, &format!("/v1/apps/{bad}/stop"), json!({}));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (400, "Invalid app id"),
+            "{bad}"
+        );
+    }
+    assert_eq!(get(&sim, "/v1/apps/1234.0").status, 200);
+    let r = get(&sim, "/v2/applications/12ab/state");
+    assert_eq!(
+        (r.status, r.json()["message"].clone()),
+        (400, json!("Invalid application ID: 12ab"))
+    );
+    let r = post_json(&sim, "/v2/applications/12ab/restart", json!({}));
+    assert_eq!(
+        (r.status, r.json()["message"].clone()),
+        (400, json!("Missing app id"))
+    );
+    for bad in [
+        json!("1234abc"),
+        json!(1234.5),
+        json!(" 1234"),
+        json!(true),
+        json!(""),
+    ] {
+        let r = post_json(&sim, "/v1/restart", json!({ "appId": bad }));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (400, "Missing app id"),
+            "{bad}"
+        );
+    }
+    for good in [json!(1234), json!("1234"), json!("1234.0"), json!([1234])] {
+        let r = post_json(&sim, "/v1/restart", json!({ "appId": good }));
+        assert_eq!(r.status, 200, "{good}");
+    }
+}
+
+#[test]
+fn service_actions_need_a_name_or_image_id_even_on_one_container() {
+    let sim = Sim::start();
+    for body in [
+        json!({}),
+        json!({"serviceName": "null"}),
+        json!({"imageId": "abc"}),
+    ] {
+        let r = post_json(&sim, "/v2/applications/1234/restart-service", body.clone());
+        assert_eq!(r.status, 400, "{body}");
+        assert!(
+            r.text().starts_with("serviceName or imageId parameters"),
+            "{}",
+            r.text()
+        );
+    }
+    let r = call(
+        &sim,
+        "POST",
+        &k(&sim, "/v2/applications/1234/stop-service"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 400);
+    assert!(sim.state().actions.is_empty(), "nothing was done");
+    // Any name acts on the one service.
+    let r = post_json(
+        &sim,
+        "/v2/applications/1234/stop-service",
+        json!({"serviceName": "nope"}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(sim.state().actions, vec!["stop-service 1234/main"]);
+    // Several services: the first that matches the name or the image id.
+    sim.with_state(|s| s.multi_container = true);
+    let r = post_json(
+        &sim,
+        "/v2/applications/1234/restart-service",
+        json!({"serviceName": "main", "imageId": 1002}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        sim.state().actions.last().unwrap(),
+        "restart-service 1234/main"
+    );
+}
+
+#[test]
+fn three_kinds_of_423_with_the_real_texts() {
+    let sim = Sim::start();
+    // 1. An app's update lock: force overrides it and deletes it.
+    set_state(&sim, json!({"locked": true}));
+    let r = post_json(&sim, "/v1/reboot", json!({}));
+    assert_eq!(r.status, 423);
+    assert_eq!(
+        r.json(),
+        json!({"Data": "", "Error": "Lockfile exists for { appId: 1234, service: main }"})
+    );
+    let r = post_json(&sim, "/v2/applications/1234/restart", json!({}));
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            423,
+            json!({"status": "failed", "message": "Lockfile exists for { appId: 1234, service: main }"})
+        )
+    );
+    assert_eq!(
+        post_json(
+            &sim,
+            "/v2/applications/1234/start-service",
+            json!({"serviceName": "main"})
+        )
+        .status,
+        200,
+        "start takes no lock"
+    );
+    assert_eq!(
+        post_json(&sim, "/v1/restart", json!({"appId": 1234, "force": true})).status,
+        200
+    );
+    assert!(!sim.state().locked, "the forced action deleted the lock");
+
+    // 2. A host OS update finishing: reboot and shutdown only; force passes.
+    sim.reset();
+    set_state(&sim, json!({"host_update": true, "locked": true}));
+    for route in ["/v1/reboot", "/v1/shutdown"] {
+        let r = post_json(&sim, route, json!({"force": false}));
+        assert_eq!(
+            (r.status, r.json()),
+            (
+                423,
+                json!({"Data": "", "Error": "Waiting for Host OS update to finish"})
+            )
+        );
+    }
+    assert_eq!(
+        post_json(&sim, "/v1/restart", json!({"appId": 1234})).json()["message"],
+        "Lockfile exists for { appId: 1234, service: main }"
+    );
+    assert_eq!(
+        post_json(&sim, "/v1/reboot", json!({"force": true})).status,
+        202
+    );
+    assert_eq!(sim.state().actions, vec!["reboot(force)"]);
+
+    // 3. Another operation holds the locks: a wait, then 423 also with force.
+    sim.reset();
+    set_state(&sim, json!({"locks_busy": true, "busy_wait_ms": 300}));
+    let busy = "Locks for app 1234 are being held by another supervisor operation";
+    let t = Instant::now();
+    let r = post_json(&sim, "/v1/reboot", json!({"force": true}));
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        (r.status, r.json()),
+        (423, json!({"Data": "", "Error": busy}))
+    );
+    set_state(&sim, json!({"busy_wait_ms": 0}));
+    for (route, body) in [
+        ("/v1/restart", json!({"appId": 1234, "force": true})),
+        ("/v1/purge", json!({"appId": 1234, "force": true})),
+        ("/v1/apps/1234/stop", json!({"force": true})),
+        (
+            "/v2/applications/1234/stop-service",
+            json!({"serviceName": "main", "force": true}),
+        ),
+        ("/v2/applications/1234/purge", json!({"force": true})),
+    ] {
+        let r = post_json(&sim, route, body);
+        assert_eq!(
+            (r.status, r.json()["message"].clone()),
+            (423, json!(busy)),
+            "{route}"
+        );
+    }
+    let r = call(
+        &sim,
+        "PATCH",
+        &k(&sim, "/v1/device/host-config"),
+        &[JSON],
+        br#"{"network":{"hostname":"x"},"force":true}"#,
+    );
+    assert_eq!((r.status, r.text()), (423, busy.to_string()));
+    assert_eq!(
+        post_json(&sim, "/v1/apps/1234/start", json!({})).status,
+        200
+    );
+    assert_eq!(sim.state().actions, vec!["start 1234/main"]);
+
+    // The lock override acts as force for update locks.
+    sim.reset();
+    set_state(&sim, json!({"locked": true, "lock_override": true}));
+    assert_eq!(post_json(&sim, "/v1/reboot", json!({})).status, 202);
+}
+
+#[test]
+fn actions_answer_late_and_happen_even_when_the_client_left() {
+    let sim = Sim::start();
+    set_state(&sim, json!({"action_delay_ms": 600}));
+    // A client that gives up after 100 ms.
+    let mut c = Conn::open(&sim);
+    c.reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    c.send("POST", &k(&sim, "/v1/apps/1234/stop"), &[JSON], b"{}");
+    assert!(c.read_head().is_none(), "no answer within 100 ms");
+    drop(c);
+    assert_eq!(sim.state().actions, vec!["stop 1234/main"], "done at once");
+    assert_eq!(sim.state().service_status(1234, "main").unwrap(), "exited");
+    // The answer comes after the delay; other requests are not held up.
+    let t = Instant::now();
+    let slow = std::thread::spawn({
+        let addr = sim.port();
+        let key = sim.api_key();
+        move || {
+            let mut s = TcpStream::connect(("127.0.0.1", addr)).unwrap();
+            let body = r#"{"appId":1234,"force":true}"#;
+            write!(
+                s,
+                "POST /v1/purge?apikey={key} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(get(&sim, "/v2/version").status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    let out = slow.join().unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+    // Errors are not delayed; reads are not actions.
+    set_state(&sim, json!({"locked": true}));
+    let t = Instant::now();
+    assert_eq!(post_json(&sim, "/v1/reboot", json!({})).status, 423);
+    assert_eq!(get(&sim, "/v1/device").status, 200);
+    assert!(t.elapsed() < Duration::from_millis(500));
+}
+
+#[test]
+fn update_cancel_and_force_are_recorded() {
+    let sim = Sim::start();
+    let r = post_json(&sim, "/v1/update", json!({"force": true, "cancel": true}));
+    assert_eq!(r.status, 204);
+    let r = post_json(&sim, "/v1/update", json!({"cancel": true}));
+    assert_eq!(r.status, 202);
+    set_state(&sim, json!({"locked": true}));
+    let r = post_json(&sim, "/v1/update", json!({"force": false, "cancel": "1"}));
+    assert_eq!(r.status, 202, "never 423");
+    assert_eq!(
+        sim.state().actions,
+        vec!["update(force,cancel)", "update(cancel)", "update(cancel)"]
+    );
+}
+
+#[test]
+fn host_config_codec_locks_and_proxy() {
+    let sim = Sim::start();
+    let patch = |body: &str| {
+        call(
+            &sim,
+            "PATCH",
+            &k(&sim, "/v1/device/host-config"),
+            &[JSON],
+            body.as_bytes(),
+        )
+    };
+    let r = patch(r#"{"network":{"hostname":5}}"#);
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.text(),
+        "Could not parse host config input to a valid format:\nExpecting string at network.hostname but instead got: 5"
+    );
+    let r = patch(r#"{"foo":1}"#);
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().ends_with("at network but instead got: undefined"),
+        "{}",
+        r.text()
+    );
+    // dns outside the proxy is ignored.
+    assert_eq!(patch(r#"{"network":{"dns":5}}"#).status, 200);
+    // The same hostname still takes the lock; force passes and deletes it.
+    set_state(&sim, json!({"locked": true}));
+    let r = patch(r#"{"network":{"hostname":"device"}}"#);
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (423, "Lockfile exists for { appId: 1234, service: main }")
+    );
+    assert_eq!(
+        patch(r#"{"network":{"hostname":"h2"},"force":true}"#).status,
+        200
+    );
+    assert!(!sim.state().locked);
+    // A proxy is merged into the current one; an empty one removes it.
+    assert_eq!(
+        patch(r#"{"network":{"proxy":{"type":"socks5","ip":"10.0.0.9","port":1080}}}"#).status,
+        200
+    );
+    assert_eq!(patch(r#"{"network":{"proxy":{"port":1081}}}"#).status, 200);
+    assert_eq!(
+        get(&sim, "/v1/device/host-config").json(),
+        json!({"network": {"hostname": "h2", "proxy": {"type": "socks5", "ip": "10.0.0.9", "port": 1081}}})
+    );
+    assert_eq!(patch(r#"{"network":{"proxy":{}}}"#).status, 200);
+    assert_eq!(
+        get(&sim, "/v1/device/host-config").json(),
+        json!({"network": {"hostname": "h2"}})
+    );
+}
+
+#[test]
+fn tags_are_checked_before_the_tags_api() {
+    let sim = Sim::start();
+    let patch = |body: &str| {
+        call(
+            &sim,
+            "PATCH",
+            &k(&sim, "/v2/device/tags"),
+            &[JSON],
+            body.as_bytes(),
+        )
+    };
+    set_state(&sim, json!({"tags_api_down": true}));
+    let r = patch(r#"{"bad key":"x"}"#);
+    assert_eq!(
+        (r.status, r.json()["message"].clone()),
+        (400, json!("Tag keys cannot contain whitespace"))
+    );
+    let r = patch(r#"{"k":1}"#);
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Invalid tags body"));
+    let r = patch(r#"{"k":"v"}"#);
+    assert_eq!(r.status, 500);
+    set_state(&sim, json!({"tags_api_down": false}));
+    assert_eq!(
+        patch(r#"{"":"x"}"#).status,
+        202,
+        "an empty name is accepted"
+    );
+    assert_eq!(
+        patch(r#"["a"]"#).status,
+        202,
+        "an array is an object of strings"
+    );
+    assert_eq!(patch("[]").status, 202);
+    let tags = get(&sim, "/v2/device/tags").json();
+    assert_eq!(
+        tags["tags"],
+        json!([{"id": 1, "name": "", "value": "x"}, {"id": 2, "name": "0", "value": "a"}])
+    );
+}
+
+#[test]
+fn local_target_state_is_converted_and_checked() {
+    let sim = Sim::start();
+    set_state(&sim, json!({"local_mode": true}));
+    assert_eq!(
+        post_json(&sim, "/v2/local/target-state", json!({})).status,
+        200
+    );
+    assert_eq!(
+        get(&sim, "/v2/local/target-state").json()["state"],
+        json!({"local": {"name": "sim-device", "config": {}, "apps": {}}})
+    );
+    let r = post_json(
+        &sim,
+        "/v2/local/target-state",
+        json!({"local": {"name": "x", "config": {"A": 1}, "apps": {}}}),
+    );
+    assert_eq!(r.status, 400);
+    let uuid = sim.state().device_uuid;
+    assert_eq!(
+        r.json()["message"],
+        format!("Invalid target state.\nExpecting string at {uuid}.config.A but instead got: 1")
+    );
+    let app = json!({"name": "myapp", "commit": "abc", "releaseId": 7,
+        "services": {"11": {"serviceName": "main", "imageId": 12, "image": "alpine"}}});
+    let r = post_json(
+        &sim,
+        "/v2/local/target-state",
+        json!({"local": {"name": "x", "config": {}, "apps": {"1234": app.clone()}}}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("services.main.0.environment but instead got: undefined"));
+    let mut ok = app.clone();
+    ok["services"]["11"]["environment"] = json!({"A": "1"});
+    ok["services"]["11"]["labels"] = json!({});
+    ok["services"]["11"]["restart"] = json!("always");
+    let r = post_json(
+        &sim,
+        "/v2/local/target-state",
+        json!({"local": {"name": "x", "config": {}, "apps": {"1234": ok}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        get(&sim, "/v2/local/target-state").json()["state"]["local"]["apps"]["1234"],
+        json!({"id": 1234, "name": "myapp", "class": "fleet", "releases": {"abc": {
+            "id": 7, "volumes": {}, "networks": {}, "services": {"main": {
+                "id": "11", "image_id": 12, "image": "alpine", "environment": {"A": "1"},
+                "labels": {}, "composition": {"restart": "always"}}}}}})
+    );
+    // An app key that is not a number kills the supervisor: no answer.
+    let mut c = Conn::open(&sim);
+    c.send(
+        "POST",
+        &k(&sim, "/v2/local/target-state"),
+        &[JSON],
+        br#"{"local":{"apps":{"x":{}}}}"#,
+    );
+    assert!(c.read_head().is_none());
+}
+
+#[test]
+fn v1_app_and_v2_app_state_shapes() {
+    let sim = Sim::start();
+    let app = get(&sim, "/v1/apps/1234").json();
+    assert!(app["imageId"]
+        .as_str()
+        .unwrap()
+        .starts_with("registry2.balena-cloud.com/v2/"));
+    assert_eq!(
+        app["env"],
+        json!({"GREETING": "hello", "BALENA_APP_ID": "1234"})
+    );
+    let st = get(&sim, "/v2/applications/1234/state").json();
+    assert!(st.get("dependent").is_none());
+    assert!(st["local"]["1234"]["services"]["1001"].is_object());
+    let r = get(&sim, "/v2/containerId?serviceName=");
+    assert_eq!(r.status, 503);
+}
+
+#[test]
+fn device_states_apply_in_progress_and_no_services() {
+    let sim = Sim::start();
+    set_state(&sim, json!({"apply_in_progress": true}));
+    assert_eq!(get(&sim, "/v2/state/status").json()["appState"], "applying");
+    assert!(get(&sim, "/v1/device").json().get("commit").is_none());
+    sim.reset();
+    set_state(&sim, json!({"no_services": true}));
+    assert_eq!(get(&sim, "/v1/apps/1234").text(), "App not found");
+    assert_eq!(get(&sim, "/v2/containerId").json()["services"], json!({}));
+    let r = post_json(
+        &sim,
+        "/v2/applications/1234/restart-service",
+        json!({"serviceName": "main"}),
+    );
+    assert_eq!(r.status, 404);
+    let dev = get(&sim, "/v1/device").json();
+    assert!(dev.get("status").is_none() && dev.get("download_progress").is_none());
+}
+
+#[test]
+fn journal_without_count_is_whole_and_formats_are_honoured() {
+    let sim = Sim::start();
+    set_state(&sim, json!({"journal_entries": 7}));
+    let lines = |body: &str| -> Vec<String> {
+        let r = call(
+            &sim,
+            "POST",
+            &k(&sim, "/v2/journal-logs"),
+            &[JSON],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200);
+        r.text().lines().map(str::to_string).collect()
+    };
+    assert_eq!(lines("{}").len(), 7);
+    assert_eq!(lines(r#"{"count":0}"#).len(), 7);
+    assert_eq!(lines(r#"{"count":"2"}"#).len(), 2);
+    assert_eq!(
+        lines(r#"{"count":3,"format":"cat"}"#),
+        vec!["line 1", "line 2", "line 3"]
+    );
+    assert!(lines(r#"{"count":2,"format":"bogus"}"#).is_empty());
+    let iso = lines(r#"{"count":1,"format":"short-iso"}"#);
+    assert!(
+        iso[0].contains("T") && iso[0].ends_with("balena-supervisor[1]: line 1"),
+        "{iso:?}"
+    );
+    let js = lines(r#"{"count":1,"format":"json"}"#);
+    let v: Value = serde_json::from_str(&js[0]).unwrap();
+    assert!(v["__REALTIME_TIMESTAMP"].is_string() && v["MESSAGE"] == "line 1");
+}
+
+#[test]
+fn quiet_journal_stays_open_and_close_streams_ends_it() {
+    let sim = Sim::start_with(SimConfig {
+        log_interval: Duration::from_millis(30),
+        ..SimConfig::default()
+    });
+    set_state(&sim, json!({"journal_quiet": true, "journal_entries": 0}));
+    let mut c = Conn::open(&sim);
+    c.send(
+        "POST",
+        &k(&sim, "/v2/journal-logs"),
+        &[JSON],
+        br#"{"follow":true}"#,
+    );
+    assert_eq!(c.read_head().unwrap().status, 200);
+    c.reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let quiet = c.reader.read(&mut b);
+    assert!(
+        quiet.is_err(),
+        "nothing is sent, the stream stays open: {quiet:?}"
+    );
+    // The server ends the stream: last chunk, then close, well under a second.
+    let t = Instant::now();
+    set_state(&sim, json!({"close_streams": true}));
+    c.reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    assert!(c.read_chunk().is_none(), "terminating chunk");
+    assert!(c.closed_within(Duration::from_secs(1)));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // While set, a new stream ends after its first lines.
+    let r = call(&sim, "GET", &k(&sim, "/v2/local/logs"), &[], b"");
+    assert_eq!(
+        r.text(),
+        "{\"isSystem\":true,\"message\":\"Streaming logs\"}\n"
+    );
+}
+
+#[test]
+fn local_logs_on_a_managed_device_send_one_line_then_nothing() {
+    let sim = Sim::start_with(SimConfig {
+        log_interval: Duration::from_millis(30),
+        ..SimConfig::default()
+    });
+    let mut c = Conn::open(&sim);
+    c.send("GET", &k(&sim, "/v2/local/logs"), &[], b"");
+    assert_eq!(c.read_head().unwrap().status, 200);
+    let first: Value = serde_json::from_slice(&c.read_chunk().unwrap()).unwrap();
+    assert_eq!(first["message"], "Streaming logs");
+    c.reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert!(c.reader.read(&mut b).is_err(), "silent and open");
+    // In local mode the app's lines come.
+    set_state(&sim, json!({"local_mode": true}));
+    let mut c = Conn::open(&sim);
+    c.send("GET", "/v2/local/logs", &[], b"");
+    assert_eq!(c.read_head().unwrap().status, 200);
+    c.read_chunk().unwrap();
+    let line: Value = serde_json::from_slice(&c.read_chunk().unwrap()).unwrap();
+    assert_eq!(line["serviceName"], "main");
+    assert_eq!(line["serviceId"], 201);
+    assert_eq!(line["isStdErr"], false);
+}
+
+#[test]
+fn json_errors_read_like_node_and_a_bom_is_dropped() {
+    let sim = Sim::start();
+    let send = |body: &str| {
+        call(
+            &sim,
+            "POST",
+            &k(&sim, "/v1/restart"),
+            &[JSON],
+            body.as_bytes(),
+        )
+    };
+    for (body, msg) in [
+        (
+            r#"{"appId":1234"#,
+            "Expected ',' or '}' after property value in JSON at position 13",
+        ),
+        (
+            r#"{"appId":1234,}"#,
+            "Expected double-quoted property name in JSON at position 14",
+        ),
+        (
+            "{appId:1234}",
+            "Expected property name or '}' in JSON at position 1",
+        ),
+        (
+            r#"{"appId":1234}{"x":1}"#,
+            "Unexpected non-whitespace character after JSON at position 14",
+        ),
+        (
+            "{\"appId\":\"12\u{1}34\"}",
+            "Bad control character in string literal in JSON at position 12",
+        ),
+        (
+            "not json",
+            "Unexpected token 'n', \"not json\" is not valid JSON",
+        ),
+        ("[1,]", "Unexpected token ']', \"[1,]\" is not valid JSON"),
+        ("   ", "Unexpected end of JSON input"),
+    ] {
+        let r = send(body);
+        assert_eq!(
+            (r.status, r.json()["message"].clone()),
+            (503, json!(msg)),
+            "{body:?}"
+        );
+    }
+    assert_eq!(send("\u{feff}{\"appId\":1234}").status, 200);
+}
+
+#[test]
+fn options_and_quoted_paths_like_express() {
+    let sim = Sim::start();
+    let r = call(&sim, "OPTIONS", &k(&sim, "/v2/version"), &[], b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "GET,HEAD"));
+    assert_eq!(r.header("allow"), Some("GET,HEAD"));
+    let r = call(
+        &sim,
+        "OPTIONS",
+        &k(&sim, "/v1/device/host-config"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.text(), "GET,HEAD,PATCH");
+    assert_eq!(
+        call(&sim, "OPTIONS", &k(&sim, "/v2/nope"), &[], b"").status,
+        404
+    );
+    let r = get(&sim, "/v2/<b>x</b>");
+    assert!(
+        r.text()
+            .contains("<pre>Cannot GET /v2/%3Cb%3Ex%3C/b%3E</pre>"),
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
+fn a_dead_process_refuses_connections_until_it_restarts() {
+    let sim = Sim::start();
+    set_state(&sim, json!({"local_mode": true, "restart_ms": 600}));
+    let mut idle = Conn::open(&sim);
+    assert_eq!(idle.call("GET", "/ping", &[], b"").status, 200);
+    let t = Instant::now();
+    let mut c = Conn::open(&sim);
+    c.send(
+        "POST",
+        "/v2/local/target-state",
+        &[JSON],
+        br#"{"local":{"apps":{"x":{}}}}"#,
+    );
+    assert!(c.read_head().is_none(), "no answer");
+    assert!(
+        idle.closed_within(Duration::from_secs(1)),
+        "open connections die"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let refused = TcpStream::connect(("127.0.0.1", sim.port()));
+    assert!(refused.is_err(), "the port refuses connections while down");
+    // Back after restart_ms, state kept.
+    let mut up = false;
+    while t.elapsed() < Duration::from_secs(3) {
+        if TcpStream::connect(("127.0.0.1", sim.port())).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(up, "listening again");
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(call(&sim, "GET", "/ping", &[], b"").status, 200);
+    // crash_next only drops a connection: the server keeps serving.
+    set_state(&sim, json!({"crash_next": true}));
+    let mut c = Conn::open(&sim);
+    c.send("GET", "/v2/version", &[], b"");
+    assert!(c.read_head().is_none());
+    assert_eq!(call(&sim, "GET", "/ping", &[], b"").status, 200);
+    // Stopping while down does not hang.
+    let mut c = Conn::open(&sim);
+    c.send(
+        "POST",
+        "/v2/local/target-state",
+        &[JSON],
+        br#"{"local":{"apps":{"x":{}}}}"#,
+    );
+    assert!(c.read_head().is_none());
+    drop(sim); // stopping while down must not hang
 }

@@ -29,6 +29,17 @@ fn connect(sim: &Sim) {
     sim.clear_requests();
 }
 
+/// As `connect`, with the device's global key (returned): a container's
+/// key is scoped to its app, so only the global key gets the answers for
+/// apps that are not on the device.
+fn connect_global(sim: &Sim) -> String {
+    clear_env();
+    let key = sim.global_key();
+    setup(&sim.address(), &key, 5000);
+    sim.clear_requests();
+    key
+}
+
 // ------------------------------------------------------------------ ping, healthy, blink
 
 #[test]
@@ -140,7 +151,7 @@ fn reboot_and_shutdown_send_force_and_honour_the_lock() {
         let rc = f(false);
         let err = assert_fails(rc, bd_status::BD_ERR_LOCKED, 423, &label, &key);
         assert!(err.contains("423"), "{err}");
-        assert!(err.contains("Updates are locked"), "{err}");
+        assert!(err.contains("Lockfile exists"), "{err}");
         assert_sent(
             &sim,
             "POST",
@@ -300,8 +311,7 @@ fn current_app_without_an_app_id_is_not_configured_and_sends_nothing() {
 fn purge_and_restart_failures() {
     let _g = serial();
     let sim = Sim::start();
-    connect(&sim);
-    let key = sim.api_key();
+    let key = connect_global(&sim);
 
     for (name, f) in APP_ACTIONS {
         let path = format!("/v1/{name}");
@@ -374,8 +384,9 @@ fn app_state_json_single_multi_and_scoped() {
             "appId": 1234,
             "commit": "7fc9c5bea8e361acd49886fe6cc1e1cd",
             "containerId": main_id,
-            "env": {},
-            "imageId": 1001,
+            "env": {"GREETING": "hello", "BALENA_APP_ID": "1234"},
+            // The image's name, not its id.
+            "imageId": parse(&text)["imageId"].as_str().filter(|i| i.starts_with("registry2.balena-cloud.com/v2/")),
             "releaseId": 2_345_678,
         })
     );
@@ -403,14 +414,16 @@ fn app_state_json_single_multi_and_scoped() {
     assert_sent(&sim, "GET", "/v1/apps/1234", Some(&key), Body::Empty);
     sim.with_state(|s| s.multi_container = false);
 
-    // Not installed here: 400.
+    // Not installed here: 400 (with the global key; the container's key,
+    // scoped to its app, gets 401).
+    let global = connect_global(&sim);
     let (rc, _) = text_call(|b, l| unsafe { bd_app_state_json(999, b, l) });
     assert_fails(
         rc,
         bd_status::BD_ERR_BAD_REQUEST,
         400,
         "GET /v1/apps/999",
-        &key,
+        &global,
     );
     only_request(&sim);
 
@@ -530,7 +543,7 @@ fn stop_app_is_locked_but_start_app_never() {
         "POST /v1/apps/1234/stop",
         &key,
     );
-    assert!(err.contains("Updates are locked"), "{err}");
+    assert!(err.contains("Lockfile exists"), "{err}");
     assert_sent(
         &sim,
         "POST",
@@ -565,8 +578,7 @@ fn stop_and_start_app_failures() {
         multi_container: true,
         ..Default::default()
     });
-    connect(&sim);
-    let key = sim.api_key();
+    let key = connect_global(&sim);
 
     // Multi-container: 400 for both.
     // SAFETY (all calls below): NULL with len 0 is allowed.
@@ -643,10 +655,7 @@ fn host_config_get_and_set_pass_the_body_through() {
     // SAFETY: the buffer is valid for its length.
     let (rc, text) = text_call(|b, l| unsafe { bd_host_config_json(b, l) });
     assert!(rc > 0, "{}", last_error());
-    assert_eq!(
-        parse(&text),
-        json!({"network": {"hostname": "device", "proxy": {}}})
-    );
+    assert_eq!(parse(&text), json!({"network": {"hostname": "device"}}));
     assert_sent(
         &sim,
         "GET",

@@ -33,6 +33,17 @@ fn connect(sim: &Sim) {
     sim.clear_requests();
 }
 
+/// As `connect`, with the device's global key (returned): a container's
+/// key is scoped to its app, so only the global key gets the answers for
+/// apps that are not on the device.
+fn connect_global(sim: &Sim) -> String {
+    clear_env();
+    let key = sim.global_key();
+    setup(&sim.address(), &key, 5000);
+    sim.clear_requests();
+    key
+}
+
 /// A one-shot server for answers the simulator never gives: it answers the
 /// first request with `status` and a JSON `body`, and hands back the request
 /// head it read.
@@ -389,14 +400,16 @@ fn an_unknown_service_on_a_multi_container_app_is_not_found() {
             Body::Json(json!({"serviceName": "nope", "force": false})),
         );
     }
-    // An app that is not on the device: the supervisor's 503.
+    // An app that is not on the device: the supervisor's 503 (to the
+    // global key; the container's key gets 401).
+    let global = connect_global(&sim);
     let rc = by_name(bd_restart_service, 999, "main", false);
     assert_fails(
         rc,
         bd_status::BD_ERR_SERVER,
         503,
         "POST /v2/applications/999/restart-service",
-        &key,
+        &global,
     );
     only_request(&sim);
     assert!(sim.state().actions.is_empty());
@@ -462,7 +475,7 @@ fn service_actions_are_locked_except_start() {
             &format!("POST {path}"),
             &key,
         );
-        assert!(err.contains("Updates are locked"), "{err}");
+        assert!(err.contains("Lockfile exists"), "{err}");
         only_request(&sim);
         let rc = image_fn(1234, 1001, false);
         assert_fails(
@@ -612,15 +625,18 @@ fn restart_app_and_purge_app_send_force() {
         );
         assert!(!sim.state().locked);
 
+        // (to the global key; the container's key gets 401)
+        let global = connect_global(&sim);
         let rc = f(999, false);
         assert_fails(
             rc,
             bd_status::BD_ERR_SERVER,
             503,
             &format!("POST /v2/applications/999/{action}"),
-            &key,
+            &global,
         );
         only_request(&sim);
+        connect(&sim);
 
         let rc = f(BD_CURRENT_APP, false);
         assert_eq!(rc, code(bd_status::BD_ERR_NOT_CONFIGURED));
@@ -848,7 +864,7 @@ fn device_tags_validation_and_api_down() {
         "GET /v2/device/tags",
         &key,
     );
-    assert!(err.contains("balena API"), "{err}");
+    assert!(err.contains("api.balena-cloud.com"), "{err}");
     only_request(&sim);
     let json = cstr(r#"{"env":"prod"}"#);
     // SAFETY: a NUL-terminated string.
@@ -994,13 +1010,15 @@ fn local_target_state_get_and_set() {
         Some(&key),
         Body::Exact(body),
     );
-    assert_eq!(sim.state().target_state, parse(body));
+    // Stored as the device's target: `local` only.
+    let stored = json!({"local": parse(body)["local"]});
+    assert_eq!(sim.state().target_state, stored);
     let v = parse(&text_ok(|b, l| unsafe { bd_local_target_state_json(b, l) }));
-    assert_eq!(v, parse(body));
+    assert_eq!(v, stored);
     only_request(&sim);
 
     // An invalid state: 400.
-    let bad = r#"{"dependent":{}}"#;
+    let bad = r#"{"local":{"name":"x","config":{"A":1},"apps":{}}}"#;
     let json = cstr(bad);
     let rc = unsafe { bd_set_local_target_state_json(json.as_ptr()) };
     assert_fails(
@@ -1216,8 +1234,10 @@ fn journal_logs_bad_arguments_send_nothing() {
 #[test]
 fn local_logs_arrive_over_time_and_stop_early() {
     let _g = serial();
+    // The app's lines come only in local mode.
     let sim = Sim::start_with(SimConfig {
         log_interval: Duration::from_millis(150),
+        local_mode: true,
         ..Default::default()
     });
     connect(&sim);

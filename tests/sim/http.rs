@@ -469,7 +469,7 @@ pub fn send_not_found(method: &str, path: &str) -> Response {
     let page = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Error</title>\n</head>\n<body>\n<pre>Cannot {} {}</pre>\n</body>\n</html>\n",
         method,
-        escape_html(path)
+        escape_html(&encode_url(path))
     );
     let mut r = send_text(404, &page);
     r.headers.push((
@@ -479,6 +479,30 @@ pub fn send_not_found(method: &str, path: &str) -> Response {
     r.headers
         .push(("X-Content-Type-Options".into(), "nosniff".into()));
     r
+}
+
+/// Percent-encodes what may not appear in a URL, leaving `%XX` escapes
+/// and the reserved characters as they are (how Express quotes a path).
+fn encode_url(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let keep = c.is_ascii_alphanumeric()
+            || b"!#$&'()*+,-./:;=?@[]_~".contains(&c)
+            || (c == b'%'
+                && i + 2 < b.len()
+                && b[i + 1].is_ascii_hexdigit()
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit));
+        if keep {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+        i += 1;
+    }
+    out
 }
 
 fn escape_html(s: &str) -> String {

@@ -16,11 +16,64 @@
 //! - `GET /_sim/requests`: recorded requests, as a JSON array
 //! - `GET /_sim/last`: the last recorded request, or `null`
 //! - `POST /_sim/reset`: clear the recording and restore the initial state
-//! - `GET /_sim/state`: flags, key, apps, counters
+//! - `GET /_sim/state`: flags, keys, apps, counters
 //! - `POST /_sim/state`: JSON object of fields to set (see `routes::apply_state`)
+//!
+//! Keys: `api_key` is the key a container of the app gets
+//! (`BALENA_SUPERVISOR_API_KEY`, printed by `examples/simulator.rs`), valid
+//! only for the app `app_id` (other apps: 401, as on a device); `global_key`
+//! is the cloud's key, valid for every app; `scoped_keys` are extra keys
+//! scoped to the listed apps. `POST /v1/regenerate-api-key` replaces the key
+//! it was called with (the old one gets 401 at once, the new one keeps its
+//! scope).
+//!
+//! Fields of `POST /_sim/state` (booleans unless said otherwise; default in
+//! brackets):
+//! - `healthy` [true]; `locked` [false]: an app update lock is held (a lock
+//!   file for the first app's first service): actions without force answer
+//!   423 `Lockfile exists for { appId: 1234, service: main }`, a forced one
+//!   deletes the lock; `lock_override` [false]: the device's
+//!   `SUPERVISOR_OVERRIDE_LOCK`: every locking action acts as if forced.
+//! - `host_update` [false]: a host OS update is finishing: reboot and
+//!   shutdown without force answer 423 `Waiting for Host OS update to finish`
+//!   (force passes).
+//! - `locks_busy` [false]: another supervisor operation holds the apps'
+//!   locks: every action that takes locks (reboot, shutdown, restart, purge,
+//!   stop, service restart/stop, host-config hostname/proxy changes) waits
+//!   `busy_wait_ms` [200; the real supervisor waits 10000] and answers 423
+//!   `Locks for app 1234 are being held by another supervisor operation`,
+//!   also when force is sent.
+//! - `action_delay_ms` [0]: a performed action (reboot, shutdown, update,
+//!   restart, stop, start, purge, service actions) is carried out and
+//!   recorded at once, and its answer is sent this much later, whether or not
+//!   the client is still there (the real routes answer when the work is
+//!   done).
+//! - `multi_container` [false], `local_mode` [false], `unmanaged` [false],
+//!   `instant_updates` [false], `tags_api_down` [false], `vpn_enabled`
+//!   [true], `vpn_connected` [true], `apply_in_progress` [false]: an apply
+//!   is running (`appState` `applying`, no `commit` in `GET /v1/device`);
+//!   `no_services` [false]: the app is installed with no containers.
+//! - `journal_entries` [50]: the journal holds this many entries
+//!   (`POST /v2/journal-logs` without `count` sends them all);
+//!   `journal_quiet` [false]: a followed journal gets no new entries (the
+//!   stream stays open, silent); `close_streams` [false]: log streams in
+//!   progress, and new ones after their first lines, are ended by the
+//!   server (last chunk, then the connection is closed).
+//! - `stall_ms` [0] (every answer late), `crash_next` [false] (drop the next
+//!   request's connection unanswered, the server keeps serving);
+//!   `restart_ms` [1000]: when the simulated supervisor process dies (a
+//!   local target state whose app key is not a number), its port refuses
+//!   connections and its open connections close, for this long; 0: it
+//!   keeps serving.
+//! - `api_key`, `global_key`, `device_name`, `device_uuid`,
+//!   `supervisor_version` (strings); `scoped_keys` (`[{"key","apps":[ids]}]`);
+//!   `device`, `host_config`, `target_state` (JSON, replaced whole); `tags`
+//!   (object of strings); `service_status` (`{"<service>":"<status>"}`);
+//!   `actions` (array, usually `[]` to clear).
 
 pub mod check;
 mod http;
+mod jsonerr;
 mod routes;
 
 #[allow(unused_imports)]
@@ -38,8 +91,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Start-up configuration of a simulator.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// The device's (global) API key.
+    /// The key of the app's containers (`BALENA_SUPERVISOR_API_KEY`),
+    /// scoped to `app_id`.
     pub api_key: String,
+    /// The cloud's global key (valid for every app); `None`: derived from
+    /// `api_key`.
+    pub global_key: Option<String>,
     /// Id of the app installed on the device (`BALENA_APP_ID`).
     pub app_id: u32,
     /// An idle keep-alive connection is closed this long after its last
@@ -66,6 +123,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             api_key: "sim-key-0123456789abcdef".to_string(),
+            global_key: None,
             app_id: 1234,
             idle_timeout: Duration::from_secs(5),
             log_interval: Duration::from_millis(200),
@@ -91,6 +149,8 @@ pub struct SimService {
     pub status: String,
     /// `None` shows as `null`.
     pub download_progress: Option<u32>,
+    /// The container's environment as `GET /v1/apps/:id` shows it.
+    pub env: Vec<(String, String)>,
 }
 
 /// One app on the device.
@@ -113,8 +173,11 @@ pub struct SimApp {
 /// through `Sim::with_state` (or `POST /_sim/state`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimState {
-    /// The current global key (changes on `/v1/regenerate-api-key`).
+    /// The app containers' key, valid only for the first app (changes on
+    /// `/v1/regenerate-api-key` called with it).
     pub api_key: String,
+    /// The global key, valid for every app.
+    pub global_key: String,
     /// Extra keys valid only for the listed app ids.
     pub scoped_keys: Vec<(String, Vec<u32>)>,
     /// `/v1/healthy` answers 500 `Unhealthy` when false.
@@ -122,6 +185,31 @@ pub struct SimState {
     /// An update lock is held: actions without force answer 423. A forced
     /// action clears it (the supervisor deletes the lock files).
     pub locked: bool,
+    /// Locks are overridden by the device configuration (every locking
+    /// action acts as if forced).
+    pub lock_override: bool,
+    /// A host OS update is finishing: reboot/shutdown without force are 423.
+    pub host_update: bool,
+    /// Another supervisor operation holds the locks: locking actions wait
+    /// `busy_wait_ms` and answer 423, also with force.
+    pub locks_busy: bool,
+    pub busy_wait_ms: u64,
+    /// Answers of performed actions are sent this long after the action.
+    pub action_delay_ms: u64,
+    /// An apply is in progress.
+    pub apply_in_progress: bool,
+    /// The app is installed but has no containers.
+    pub no_services: bool,
+    /// Entries in the journal.
+    pub journal_entries: u64,
+    /// A followed journal gets no new entries.
+    pub journal_quiet: bool,
+    /// The server ends log streams.
+    pub close_streams: bool,
+    /// When the simulated process dies (a local target state that kills the
+    /// real supervisor), the port refuses connections for this long (0: it
+    /// keeps serving).
+    pub restart_ms: u64,
     /// Apps have all their services (default app: `main` and `worker`);
     /// otherwise only their first one.
     pub multi_container: bool,
@@ -148,6 +236,8 @@ pub struct SimState {
     pub target_state: Value,
     pub apps: Vec<SimApp>,
     pub device_name: String,
+    /// The device's uuid (in target-state validation messages).
+    pub device_uuid: String,
     pub supervisor_version: String,
     pub vpn_enabled: bool,
     pub vpn_connected: bool,
@@ -168,12 +258,31 @@ impl SimState {
             container_id: hex_id(&format!("container:{}:{}", cfg.app_id, name), 64),
             status: "Running".to_string(),
             download_progress: None,
+            env: vec![
+                ("GREETING".to_string(), "hello".to_string()),
+                ("BALENA_APP_ID".to_string(), cfg.app_id.to_string()),
+            ],
         };
         SimState {
             api_key: cfg.api_key.clone(),
+            global_key: cfg
+                .global_key
+                .clone()
+                .unwrap_or_else(|| hex_id(&format!("global:{}", cfg.api_key), 32)),
             scoped_keys: Vec::new(),
             healthy: true,
             locked: cfg.locked,
+            lock_override: false,
+            host_update: false,
+            locks_busy: false,
+            busy_wait_ms: 200,
+            action_delay_ms: 0,
+            apply_in_progress: false,
+            no_services: false,
+            journal_entries: 50,
+            journal_quiet: false,
+            close_streams: false,
+            restart_ms: 1000,
             multi_container: cfg.multi_container,
             local_mode: cfg.local_mode,
             unmanaged: cfg.unmanaged,
@@ -194,11 +303,10 @@ impl SimState {
                 "status": "Idle",
                 "download_progress": null
             }),
-            host_config: json!({"network": {"hostname": "device", "proxy": {}}}),
+            host_config: json!({"network": {"hostname": "device"}}),
             tags: Vec::new(),
             target_state: json!({
-                "local": {"name": "sim-device", "config": {}, "apps": {}},
-                "dependent": {"apps": [], "devices": []}
+                "local": {"name": "sim-device", "config": {}, "apps": {}}
             }),
             apps: vec![SimApp {
                 app_id: cfg.app_id,
@@ -210,6 +318,7 @@ impl SimState {
                 services: vec![service("main", 1001, 201), service("worker", 1002, 202)],
             }],
             device_name: "sim-device".to_string(),
+            device_uuid: "8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a".to_string(),
             supervisor_version: "19.0.5".to_string(),
             vpn_enabled: true,
             vpn_connected: true,
@@ -229,7 +338,9 @@ impl SimState {
     /// The services that exist now (all, or the first one unless
     /// `multi_container`).
     pub fn visible_services<'a>(&self, app: &'a SimApp) -> &'a [SimService] {
-        if self.multi_container {
+        if self.no_services && self.apps.first().map(|a| a.app_id) == Some(app.app_id) {
+            &app.services[..0]
+        } else if self.multi_container {
             &app.services
         } else {
             &app.services[..app.services.len().min(1)]
@@ -247,10 +358,10 @@ impl SimState {
         self.service(app_id, name).map(|s| s.status.clone())
     }
 
-    /// Message of the update-lock error.
-    pub fn lock_message(&self) -> String {
-        let (app, svc) = self
-            .apps
+    /// The app whose services the `locked` lock file belongs to, and the
+    /// service: the first app's first service.
+    fn lock_owner(&self) -> (u32, String) {
+        self.apps
             .first()
             .map(|a| {
                 (
@@ -261,20 +372,48 @@ impl SimState {
                         .unwrap_or_else(|| "main".into()),
                 )
             })
-            .unwrap_or((0, "main".into()));
-        format!(
-            "Updates are locked: EEXIST: file already exists, open '/tmp/balena-supervisor/services/{app}/{svc}/updates.lock'"
-        )
+            .unwrap_or((0, "main".into()))
     }
 
-    /// Takes the update lock for an action: `Err(message)` when a lock is held
-    /// and `force` is false; a forced action deletes the lock.
-    pub fn take_lock(&mut self, force: bool) -> Result<(), String> {
-        if self.locked {
-            if force {
+    /// Message of the update-lock error (the real text).
+    pub fn lock_message(&self) -> String {
+        let (app, svc) = self.lock_owner();
+        format!("Lockfile exists for {{ appId: {app}, service: {svc} }}")
+    }
+
+    /// Message of the "another operation holds the locks" error.
+    pub fn busy_message(&self, app_id: u32) -> String {
+        format!("Locks for app {app_id} are being held by another supervisor operation")
+    }
+
+    /// Takes the update locks of `apps` (empty: every app on the device) for
+    /// an action, as the supervisor's `withLock` does: `Err` when another
+    /// operation holds them (after `busy_wait_ms`, whatever `force` says) or
+    /// when a lock file exists and neither `force` nor `lock_override` is
+    /// set; a forced action deletes the lock file.
+    pub fn take_lock(&mut self, apps: &[u32], force: bool) -> Result<(), LockError> {
+        let all: Vec<u32> = self.apps.iter().map(|a| a.app_id).collect();
+        let apps: Vec<u32> = if apps.is_empty() { all } else { apps.to_vec() };
+        if apps.is_empty() {
+            return Ok(());
+        }
+        if self.locks_busy {
+            let mut sorted = apps.clone();
+            sorted.sort_unstable();
+            return Err(LockError {
+                message: self.busy_message(sorted[0]),
+                wait_ms: self.busy_wait_ms,
+            });
+        }
+        let (owner, _) = self.lock_owner();
+        if self.locked && apps.contains(&owner) {
+            if force || self.lock_override {
                 self.locked = false;
             } else {
-                return Err(self.lock_message());
+                return Err(LockError {
+                    message: self.lock_message(),
+                    wait_ms: 0,
+                });
             }
         }
         Ok(())
@@ -301,6 +440,14 @@ impl SimState {
             }
         }
     }
+}
+
+/// Why locks could not be taken: the 423 message, and how long the
+/// supervisor waited before answering.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockError {
+    pub message: String,
+    pub wait_ms: u64,
 }
 
 /// One request as the simulator received it.
@@ -384,6 +531,9 @@ struct Shared {
     api_connections: AtomicUsize,
     next_conn: AtomicU64,
     stopping: AtomicBool,
+    /// The simulated supervisor process died: the accept loop closes the
+    /// port for `restart_ms`.
+    restart_pending: AtomicBool,
     live: Mutex<HashMap<u64, TcpStream>>,
 }
 
@@ -435,6 +585,7 @@ impl Sim {
             api_connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            restart_pending: AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
         });
         let sh = Arc::clone(&shared);
@@ -456,9 +607,15 @@ impl Sim {
         self.shared.port
     }
 
-    /// The current global key (changes after a regenerate).
+    /// The current key of the app's containers, scoped to the app (changes
+    /// after a regenerate with it).
     pub fn api_key(&self) -> String {
         self.shared.state().api_key.clone()
+    }
+
+    /// The current global key (valid for every app).
+    pub fn global_key(&self) -> String {
+        self.shared.state().global_key.clone()
     }
 
     pub fn app_id(&self) -> u32 {
@@ -533,13 +690,41 @@ impl Drop for Sim {
     }
 }
 
-fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    for conn in listener.incoming() {
+fn accept_loop(shared: Arc<Shared>, mut listener: TcpListener) {
+    loop {
+        let conn = listener.accept();
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
+        if shared.restart_pending.swap(false, Ordering::SeqCst) {
+            // The process is gone: its port refuses connections and its
+            // connections die, until it has restarted.
+            drop(conn);
+            drop(listener);
+            for (_, s) in lock(&shared.live).drain() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            let down = Duration::from_millis(shared.state().restart_ms);
+            let start = std::time::Instant::now();
+            while start.elapsed() < down {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            listener = loop {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                match TcpListener::bind(("127.0.0.1", shared.port)) {
+                    Ok(l) => break l,
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            };
+            continue;
+        }
         let stream = match conn {
-            Ok(s) => s,
+            Ok((s, _)) => s,
             Err(_) => {
                 thread::sleep(Duration::from_millis(10));
                 continue;
@@ -560,6 +745,18 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// The simulated supervisor process dies (its connection is dropped by the
+/// caller): the port is closed for `restart_ms` (0: it keeps serving).
+fn process_died(shared: &Shared) {
+    if shared.state().restart_ms == 0 {
+        return;
+    }
+    shared.restart_pending.store(true, Ordering::SeqCst);
+    // Wake the accept loop.
+    let addr = SocketAddr::from(([127, 0, 0, 1], shared.port));
+    let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
 }
 
 fn serve_connection(shared: Arc<Shared>, stream: TcpStream, conn_id: u64) {
@@ -648,9 +845,23 @@ fn serve_requests(
                     return;
                 }
             }
-            routes::Outcome::LocalLogs { service_names } => {
+            routes::Outcome::Delayed(resp, ms) => {
+                // The action is done and recorded; only the answer is late,
+                // and it is sent whether or not the client is still there.
+                thread::sleep(Duration::from_millis(ms));
+                if http::write_response(writer, &resp, keep_alive, idle, head_only).is_err()
+                    || !keep_alive
+                {
+                    return;
+                }
+            }
+            routes::Outcome::Drop => {
+                process_died(shared);
+                return;
+            }
+            routes::Outcome::LocalLogs { services, live } => {
                 if http::write_stream_head(writer, keep_alive, idle).is_ok() && !head_only {
-                    stream_local_logs(shared, writer, &service_names);
+                    stream_local_logs(shared, writer, &services, live);
                 }
                 return;
             }
@@ -677,28 +888,71 @@ fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// `GET /v2/local/logs`: one NDJSON line per chunk, until the client leaves.
-fn stream_local_logs(shared: &Shared, w: &mut TcpStream, services: &[String]) {
+/// How a wait inside a log stream ended.
+#[derive(Debug, PartialEq)]
+enum StreamWait {
+    /// The time passed: send the next line.
+    Elapsed,
+    /// The client left (or the socket failed).
+    ClientGone,
+    /// `close_streams` is set or the simulator stops: the server ends it.
+    ServerEnds,
+}
+
+/// Waits `dur` (forever with `None`) inside a stream, watching the client
+/// and the `close_streams` switch every 50 ms.
+fn stream_wait(shared: &Shared, w: &TcpStream, dur: Option<Duration>) -> StreamWait {
+    let start = std::time::Instant::now();
+    loop {
+        if shared.stopping.load(Ordering::SeqCst) || shared.state().close_streams {
+            return StreamWait::ServerEnds;
+        }
+        let slice = match dur {
+            Some(d) => match d.checked_sub(start.elapsed()) {
+                Some(left) if !left.is_zero() => left.min(Duration::from_millis(50)),
+                _ => return StreamWait::Elapsed,
+            },
+            None => Duration::from_millis(50),
+        };
+        if http::wait_or_closed(w, slice) {
+            return StreamWait::ClientGone;
+        }
+    }
+}
+
+/// The server ends a stream: the last chunk, then the connection closes.
+fn end_stream(w: &mut TcpStream) {
+    let _ = http::write_last_chunk(w);
+}
+
+/// `GET /v2/local/logs`: the `Streaming logs` line, then (in local mode,
+/// `live`) one NDJSON line per log interval, until the client leaves; on a
+/// managed device nothing more.
+fn stream_local_logs(shared: &Shared, w: &mut TcpStream, services: &[(String, u32)], live: bool) {
     let first = json!({"message": "Streaming logs", "isSystem": true});
     if http::write_chunk(w, format!("{first}\n").as_bytes()).is_err() {
         return;
     }
     let mut n: u64 = 0;
     loop {
-        if http::wait_or_closed(w, shared.cfg.log_interval)
-            || shared.stopping.load(Ordering::SeqCst)
-        {
-            return;
+        let wait = if live && !services.is_empty() {
+            Some(shared.cfg.log_interval)
+        } else {
+            None
+        };
+        match stream_wait(shared, w, wait) {
+            StreamWait::ClientGone => return,
+            StreamWait::ServerEnds => return end_stream(w),
+            StreamWait::Elapsed => {}
         }
         n += 1;
-        let service = services
-            .get(((n - 1) as usize) % services.len().max(1))
-            .cloned()
-            .unwrap_or_else(|| "main".into());
+        let (service, service_id) = services[((n - 1) as usize) % services.len()].clone();
         let line = json!({
+            "serviceName": service,
             "message": format!("log line {n} from {service}"),
             "timestamp": now_millis(),
-            "serviceName": service,
+            "serviceId": service_id,
+            "isStdErr": false,
         });
         if http::write_chunk(w, format!("{line}\n").as_bytes()).is_err() {
             return;
@@ -706,22 +960,33 @@ fn stream_local_logs(shared: &Shared, w: &mut TcpStream, services: &[String]) {
     }
 }
 
-/// `POST /v2/journal-logs`. Each line goes out in two separately flushed
-/// chunks, so a client has to reassemble lines. Returns true when the
-/// response was completed (terminating chunk written).
+/// `POST /v2/journal-logs`: what `journalctl` prints for the options. Each
+/// entry goes out in two separately flushed chunks, so a client has to
+/// reassemble lines. Returns true when the response was completed
+/// (terminating chunk written) and the connection may be reused.
 fn stream_journal(shared: &Shared, w: &mut TcpStream, opts: &routes::JournalOptions) -> bool {
-    let hostname = {
+    let (hostname, entries) = {
         let st = shared.state();
-        st.host_config
+        let h = st
+            .host_config
             .pointer("/network/hostname")
             .and_then(Value::as_str)
             .filter(|h| !h.is_empty())
             .unwrap_or("device")
-            .to_string()
+            .to_string();
+        (h, st.journal_entries)
     };
-    let emit = |w: &mut TcpStream, n: u64| -> bool {
-        let line = journal_line(n, &hostname, opts);
-        let bytes = line.as_bytes();
+    let Some(format) = JournalFormat::parse(&opts.format) else {
+        // journalctl refuses the format and exits: an empty body.
+        return http::write_last_chunk(w).is_ok();
+    };
+    // The journal's entries are one second apart, the last one a second ago.
+    let now = now_millis() * 1000;
+    let first_us = now.saturating_sub(entries * 1_000_000);
+    let emit = |w: &mut TcpStream, i: u64, at_us: u64| -> bool {
+        // i: the entry's number in this answer
+        let text = journal_entry(i, at_us, &hostname, opts, format);
+        let bytes = text.as_bytes();
         let cut = bytes.len() / 2;
         if http::write_chunk(w, &bytes[..cut]).is_err() {
             return false;
@@ -729,67 +994,135 @@ fn stream_journal(shared: &Shared, w: &mut TcpStream, opts: &routes::JournalOpti
         thread::sleep(Duration::from_millis(2));
         http::write_chunk(w, &bytes[cut..]).is_ok()
     };
-    let mut n: u64 = 0;
-    while n < opts.initial {
+    let start = match opts.count {
+        Some(c) => entries.saturating_sub(c),
+        None => 0,
+    };
+    // Entries are numbered from 1 within each answer ("line 1", ...).
+    let mut n = 0;
+    for i in start..entries {
         n += 1;
-        if !emit(w, n) {
+        if !emit(w, n, first_us + i * 1_000_000) {
             return false;
         }
     }
     if opts.follow {
+        let mut i = n + 1;
         loop {
-            if http::wait_or_closed(w, shared.cfg.log_interval)
-                || shared.stopping.load(Ordering::SeqCst)
-            {
+            match stream_wait(shared, w, Some(shared.cfg.log_interval)) {
+                StreamWait::ClientGone => return false,
+                StreamWait::ServerEnds => {
+                    end_stream(w);
+                    return false;
+                }
+                StreamWait::Elapsed => {}
+            }
+            if shared.state().journal_quiet {
+                continue;
+            }
+            if !emit(w, i, now_millis() * 1000) {
                 return false;
             }
-            n += 1;
-            if !emit(w, n) {
-                return false;
-            }
+            i += 1;
         }
     }
     http::write_last_chunk(w).is_ok()
 }
 
-fn journal_line(n: u64, hostname: &str, opts: &routes::JournalOptions) -> String {
-    let now = SystemTime::now();
+/// The `-o` formats the simulated `journalctl` knows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum JournalFormat {
+    Short,
+    ShortIso,
+    ShortPrecise,
+    Cat,
+    Json,
+    JsonPretty,
+    Export,
+}
+
+impl JournalFormat {
+    fn parse(s: &str) -> Option<JournalFormat> {
+        Some(match s {
+            "short" => JournalFormat::Short,
+            "short-iso" => JournalFormat::ShortIso,
+            "short-precise" => JournalFormat::ShortPrecise,
+            "cat" => JournalFormat::Cat,
+            "json" => JournalFormat::Json,
+            "json-pretty" => JournalFormat::JsonPretty,
+            "export" => JournalFormat::Export,
+            _ => return None,
+        })
+    }
+}
+
+/// One journal entry in `format`, with its final newline(s).
+fn journal_entry(
+    i: u64,
+    at_us: u64,
+    hostname: &str,
+    opts: &routes::JournalOptions,
+    format: JournalFormat,
+) -> String {
     let ident = opts
         .unit
         .as_deref()
         .map(|u| u.trim_end_matches(".service").to_string())
         .unwrap_or_else(|| "balena-supervisor".to_string());
-    let message = format!("line {n}");
-    if opts.json {
-        let micros = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0);
-        let v = json!({
-            "__CURSOR": format!("s=0;i={n:x}"),
-            "__REALTIME_TIMESTAMP": micros.to_string(),
-            "_HOSTNAME": hostname,
-            "SYSLOG_IDENTIFIER": ident,
-            "_SYSTEMD_UNIT": format!("{ident}.service"),
-            "_PID": "1",
-            "PRIORITY": "6",
-            "MESSAGE": message,
-        });
-        format!("{v}\n")
-    } else {
-        let (_, mo, d, h, mi, s, _) = http::utc_parts(now);
-        format!(
-            "{} {:02} {:02}:{:02}:{:02} {} {}[1]: {}\n",
-            http::MONTHS[mo as usize - 1],
-            d,
-            h,
-            mi,
-            s,
-            hostname,
-            ident,
-            message
-        )
+    let message = format!("line {i}");
+    let fields = json!({
+        "__CURSOR": format!("s=0;i={i:x}"),
+        "__REALTIME_TIMESTAMP": at_us.to_string(),
+        "_HOSTNAME": hostname,
+        "SYSLOG_IDENTIFIER": ident,
+        "_SYSTEMD_UNIT": format!("{ident}.service"),
+        "_PID": "1",
+        "PRIORITY": "6",
+        "MESSAGE": message,
+    });
+    let t = UNIX_EPOCH + Duration::from_micros(at_us);
+    let (y, mo, d, h, mi, s, _) = http::utc_parts(t);
+    let month = http::MONTHS[mo as usize - 1];
+    match format {
+        JournalFormat::Short => {
+            format!("{month} {d:02} {h:02}:{mi:02}:{s:02} {hostname} {ident}[1]: {message}\n")
+        }
+        JournalFormat::ShortPrecise => format!(
+            "{month} {d:02} {h:02}:{mi:02}:{s:02}.{:06} {hostname} {ident}[1]: {message}\n",
+            at_us % 1_000_000
+        ),
+        JournalFormat::ShortIso => format!(
+            "{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}+0000 {hostname} {ident}[1]: {message}\n"
+        ),
+        JournalFormat::Cat => format!("{message}\n"),
+        JournalFormat::Json => format!("{fields}\n"),
+        JournalFormat::JsonPretty => {
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&fields).unwrap_or_default()
+            )
+        }
+        JournalFormat::Export => {
+            let mut out = String::new();
+            if let Some(o) = fields.as_object() {
+                for (k, v) in o {
+                    out.push_str(&format!("{k}={}\n", v.as_str().unwrap_or_default()));
+                }
+            }
+            out.push('\n');
+            out
+        }
     }
+}
+
+/// The name of a service's image (what `GET /v1/apps/:id` shows as
+/// `imageId`, and `image` in the v2 state).
+pub fn image_name(app_id: u32, service: &str) -> String {
+    format!(
+        "registry2.balena-cloud.com/v2/{}@sha256:{}",
+        hex_id(&format!("image:{app_id}:{service}"), 32),
+        hex_id(&format!("digest:{app_id}:{service}"), 64)
+    )
 }
 
 /// Deterministic hex string of `len` characters derived from `seed`.

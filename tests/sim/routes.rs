@@ -8,40 +8,8 @@ use serde_json::{json, Map, Value};
 const SERVICE_NOT_FOUND: &str =
     "Service not found, a container must exist for this endpoint to work";
 const V2_SERVICE_ENDPOINT_ERROR: &str = "serviceName or imageId parameters were not provided or the app is multi-container. Use the v2 service action endpoints.";
-const V2_SERVICE_INPUT_ERROR: &str = "This endpoint requires one of imageId or serviceName";
 const SINGLE_CONTAINER_ONLY: &str = "Some v1 endpoints are only allowed on single-container apps";
 const UNKNOWN_APP_CRASH: &str = "Cannot read properties of undefined (reading 'volumes')";
-
-/// Options of a `POST /v2/journal-logs` stream.
-#[derive(Debug, Clone)]
-pub struct JournalOptions {
-    /// Lines written at once.
-    pub initial: u64,
-    /// Keep writing a line per log interval until the client leaves.
-    pub follow: bool,
-    /// JSON lines (`"format":"json"`) instead of journalctl's short format.
-    pub json: bool,
-    pub unit: Option<String>,
-}
-
-/// What the connection has to do for a request.
-pub enum Outcome {
-    Reply(Response),
-    /// Stream `GET /v2/local/logs` (service names to attribute lines to).
-    LocalLogs {
-        service_names: Vec<String>,
-    },
-    Journal(JournalOptions),
-}
-
-pub fn is_control(path: &str) -> bool {
-    path == "/_sim" || path.starts_with("/_sim/")
-}
-
-/// `{"status":"failed","message":msg}` with `code`.
-fn fail(code: u16, msg: &str) -> Response {
-    send_json(code, json!({"status": "failed", "message": msg}))
-}
 
 // ---------------------------------------------------------------------------
 // JavaScript-compatible value checks (the supervisor's checkTruthy/checkInt).
@@ -104,14 +72,6 @@ pub fn parse_int_js(s: &str) -> Option<i64> {
     Some(if neg { -value } else { value })
 }
 
-/// `checkInt(v)`: `None` for null/undefined or anything `parseInt` rejects.
-pub fn check_int(v: Option<&Value>) -> Option<i64> {
-    match v {
-        None | Some(Value::Null) => None,
-        Some(v) => parse_int_js(&js_string(v)),
-    }
-}
-
 fn js_typeof(v: &Value) -> &'static str {
     match v {
         Value::Bool(_) => "boolean",
@@ -132,6 +92,100 @@ fn js_falsy(v: &Value) -> bool {
 }
 
 // ---------------------------------------------------------------------------
+// The supervisor's checkInt / checkString, and JavaScript number text.
+
+/// `checkInt(v)`: the text `String(v)` must be an optional `-`, digits, and
+/// optionally a `.` followed by zeros only, and its value a whole number.
+/// So `1234.0` is 1234, but `1234abc`, `1234.5`, ` 1234`, `0x4d2`, `1e3`
+/// and `true` are not numbers; `[1234]` is (its text is `1234`).
+pub fn check_int(v: Option<&Value>) -> Option<f64> {
+    match v {
+        None | Some(Value::Null) => None,
+        Some(v) => check_int_str(&js_string(v)),
+    }
+}
+
+/// `checkInt` of a text (a route parameter).
+pub fn check_int_str(s: &str) -> Option<f64> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    if b.first() == Some(&b'-') {
+        i = 1;
+    }
+    let digits_start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    if i == digits_start {
+        return None;
+    }
+    let int_end = i;
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        while i < b.len() && b[i] == b'0' {
+            i += 1;
+        }
+    }
+    if i != b.len() {
+        return None;
+    }
+    let f: f64 = s[..int_end].parse().ok()?;
+    if f.is_finite() {
+        Some(f)
+    } else {
+        None
+    }
+}
+
+/// `checkString(v)`: a string other than ``, `null` and `undefined`.
+fn check_string(v: Option<&Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) if !matches!(s.as_str(), "" | "null" | "undefined") => {
+            Some(s.clone())
+        }
+        _ => None,
+    }
+}
+
+/// A number as JavaScript writes it (`String(n)`) for whole numbers.
+pub fn js_number(f: f64) -> String {
+    if f == 0.0 {
+        return "0".into();
+    }
+    if f.abs() < 9_007_199_254_740_992.0 {
+        return format!("{}", f as i64);
+    }
+    // Shortest round-trip digits, then zeros up to the exponent.
+    let e = format!("{:e}", f.abs());
+    let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mant.chars().filter(char::is_ascii_digit).collect();
+    let sign = if f < 0.0 { "-" } else { "" };
+    if exp >= 21 {
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
+        return format!("{sign}{m}e+{exp}");
+    }
+    let mut out = digits;
+    while out.len() < (exp as usize) + 1 {
+        out.push('0');
+    }
+    format!("{sign}{out}")
+}
+
+/// `JSON.stringify(v)` as io-ts' reporter prints a value (`undefined` for
+/// a missing one).
+fn js_show(v: Option<&Value>) -> String {
+    match v {
+        None => "undefined".into(),
+        Some(v) => v.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Authentication and body parsing.
 
 #[derive(Debug, Clone)]
@@ -141,10 +195,10 @@ enum Scope {
 }
 
 impl Scope {
-    fn allows(&self, app_id: i64) -> bool {
+    fn allows(&self, app_id: f64) -> bool {
         match self {
             Scope::All => true,
-            Scope::Apps(apps) => apps.iter().any(|&a| i64::from(a) == app_id),
+            Scope::Apps(apps) => apps.iter().any(|&a| f64::from(a) == app_id),
         }
     }
 }
@@ -172,40 +226,25 @@ fn request_key(req: &Request) -> Option<String> {
     Some(key.to_string())
 }
 
+/// The scope of the key a request carries, and the key; `None`: no valid
+/// key (401). In local mode and on an unmanaged device every request passes.
 fn authenticate(st: &SimState, req: &Request) -> Option<(Scope, Option<String>)> {
     let key = request_key(req);
     if st.local_mode || st.unmanaged {
         return Some((Scope::All, key));
     }
     let k = key.clone()?;
-    if k == st.api_key {
+    if k == st.global_key {
         return Some((Scope::All, key));
+    }
+    if k == st.api_key {
+        let apps = st.apps.first().map(|a| vec![a.app_id]).unwrap_or_default();
+        return Some((Scope::Apps(apps), key));
     }
     st.scoped_keys
         .iter()
         .find(|(sk, _)| *sk == k)
         .map(|(_, apps)| (Scope::Apps(apps.clone()), key))
-}
-
-/// A JSON.parse-like error message for a body that is not valid JSON.
-fn json_error_message(body: &[u8], err: &serde_json::Error) -> String {
-    let text = String::from_utf8_lossy(body);
-    if err.is_eof() {
-        return "Unexpected end of JSON input".to_string();
-    }
-    // serde's column is 1-based and counts bytes of the line.
-    let offset: usize = text
-        .split('\n')
-        .take(err.line().saturating_sub(1))
-        .map(|l| l.len() + 1)
-        .sum::<usize>()
-        + err.column().saturating_sub(1);
-    let bad = text
-        .get(offset.min(text.len())..)
-        .and_then(|s| s.chars().next())
-        .unwrap_or(' ');
-    let snippet: String = text.chars().take(30).collect();
-    format!("Unexpected token '{bad}', \"{snippet}\" is not valid JSON")
 }
 
 /// body-parser: JSON and urlencoded bodies are parsed, anything else is
@@ -231,27 +270,13 @@ fn parse_body(req: &Request) -> Result<Value, String> {
             if req.body.is_empty() {
                 return Ok(empty);
             }
-            let first = req
-                .body
-                .iter()
-                .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-            match first {
-                Some(b'{') | Some(b'[') => {}
-                Some(&c) => {
-                    let snippet: String = String::from_utf8_lossy(&req.body)
-                        .trim()
-                        .chars()
-                        .take(30)
-                        .collect();
-                    return Err(format!(
-                        "Unexpected token '{}', \"{}\" is not valid JSON",
-                        c as char, snippet
-                    ));
-                }
-                None => return Err("Unexpected end of JSON input".to_string()),
+            // Decoding drops a byte order mark.
+            let text = String::from_utf8_lossy(&req.body);
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            if let Some(msg) = super::jsonerr::body_parser_error(text) {
+                return Err(msg);
             }
-            serde_json::from_slice::<Value>(&req.body)
-                .map_err(|e| json_error_message(&req.body, &e))
+            serde_json::from_str::<Value>(text).map_err(|e| e.to_string())
         }
         "application/x-www-form-urlencoded" => {
             if req.body_too_large {
@@ -290,12 +315,53 @@ fn segments(path: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // Dispatch.
 
+/// Options of a `POST /v2/journal-logs` stream.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// The last `count` entries (`None`: the whole journal).
+    pub count: Option<u64>,
+    /// Keep writing new entries until the client leaves.
+    pub follow: bool,
+    /// journalctl's `-o` format (`short` unless given).
+    pub format: String,
+    pub unit: Option<String>,
+}
+
+/// What the connection has to do for a request.
+pub enum Outcome {
+    Reply(Response),
+    /// Send the answer this many milliseconds later (the state is not locked
+    /// meanwhile).
+    Delayed(Response, u64),
+    /// Close the connection without an answer (the supervisor process died).
+    Drop,
+    /// Stream `GET /v2/local/logs`: services (name, id) to attribute lines
+    /// to; `live`: lines come (local mode), else only the first line.
+    LocalLogs {
+        services: Vec<(String, u32)>,
+        live: bool,
+    },
+    Journal(JournalOptions),
+}
+
+pub fn is_control(path: &str) -> bool {
+    path == "/_sim" || path.starts_with("/_sim/")
+}
+
+/// `{"status":"failed","message":msg}` with `code`.
+fn fail(code: u16, msg: &str) -> Response {
+    send_json(code, json!({"status": "failed", "message": msg}))
+}
+
 struct Ctx<'a> {
     st: &'a mut SimState,
     scope: Scope,
     body: Value,
     /// Raw path segments (for parameters).
     segs: Vec<String>,
+    /// Milliseconds to hold the answer back (an action's duration, or the
+    /// wait for busy locks).
+    delay: u64,
 }
 
 impl Ctx<'_> {
@@ -313,12 +379,90 @@ impl Ctx<'_> {
     }
 
     /// Index of an app on the device (installed or not).
-    fn app_index(&self, id: i64) -> Option<usize> {
-        self.st.apps.iter().position(|a| i64::from(a.app_id) == id)
+    fn app_index(&self, id: f64) -> Option<usize> {
+        self.st.apps.iter().position(|a| f64::from(a.app_id) == id)
     }
 
-    fn installed_app_index(&self, id: i64) -> Option<usize> {
+    fn installed_app_index(&self, id: f64) -> Option<usize> {
         self.app_index(id).filter(|&i| self.st.apps[i].installed)
+    }
+
+    /// Takes the locks of `apps` (empty: all); on failure the error's wait
+    /// becomes the answer's delay.
+    fn take_lock(&mut self, apps: &[u32], force: bool) -> Result<(), String> {
+        self.st.take_lock(apps, force).map_err(|e| {
+            self.delay = e.wait_ms;
+            e.message
+        })
+    }
+
+    /// An action was carried out: its answer comes `action_delay_ms` later.
+    fn performed(&mut self, action: String) {
+        self.st.actions.push(action);
+        self.delay = self.st.action_delay_ms;
+    }
+}
+
+/// The routes the supervisor defines, as (method, pattern); `:id` matches a
+/// non-empty segment. Used for OPTIONS, which Express answers itself.
+const ROUTES: &[(&str, &[&str])] = &[
+    ("POST", &["v1", "blink"]),
+    ("POST", &["v1", "regenerate-api-key"]),
+    ("POST", &["v1", "restart"]),
+    ("POST", &["v1", "apps", ":id", "stop"]),
+    ("POST", &["v1", "apps", ":id", "start"]),
+    ("POST", &["v1", "reboot"]),
+    ("POST", &["v1", "shutdown"]),
+    ("GET", &["v1", "apps", ":id"]),
+    ("POST", &["v1", "purge"]),
+    ("POST", &["v1", "update"]),
+    ("GET", &["v1", "device", "host-config"]),
+    ("PATCH", &["v1", "device", "host-config"]),
+    ("GET", &["v1", "device"]),
+    ("POST", &["v2", "applications", ":id", "restart-service"]),
+    ("POST", &["v2", "applications", ":id", "stop-service"]),
+    ("POST", &["v2", "applications", ":id", "start-service"]),
+    ("POST", &["v2", "applications", ":id", "purge"]),
+    ("POST", &["v2", "applications", ":id", "restart"]),
+    ("GET", &["v2", "applications", "state"]),
+    ("GET", &["v2", "applications", ":id", "state"]),
+    ("GET", &["v2", "local", "target-state"]),
+    ("POST", &["v2", "local", "target-state"]),
+    ("GET", &["v2", "local", "device-info"]),
+    ("GET", &["v2", "local", "logs"]),
+    ("GET", &["v2", "version"]),
+    ("GET", &["v2", "containerid"]),
+    ("GET", &["v2", "state", "status"]),
+    ("GET", &["v2", "device", "name"]),
+    ("GET", &["v2", "device", "tags"]),
+    ("PATCH", &["v2", "device", "tags"]),
+    ("GET", &["v2", "device", "vpn"]),
+    ("GET", &["v2", "cleanup-volumes"]),
+    ("POST", &["v2", "journal-logs"]),
+];
+
+/// The `Allow` list Express gives for OPTIONS on a path (`None`: no route).
+fn allowed_methods(l: &[&str]) -> Option<String> {
+    let mut methods: Vec<&str> = Vec::new();
+    for (m, pat) in ROUTES {
+        let hit = pat.len() == l.len()
+            && pat
+                .iter()
+                .zip(l)
+                .all(|(p, s)| if *p == ":id" { !s.is_empty() } else { p == s });
+        if hit {
+            let add: &[&str] = if *m == "GET" { &["GET", "HEAD"] } else { &[m] };
+            for a in add {
+                if !methods.contains(a) {
+                    methods.push(a);
+                }
+            }
+        }
+    }
+    if methods.is_empty() {
+        None
+    } else {
+        Some(methods.join(","))
     }
 }
 
@@ -359,14 +503,15 @@ pub fn dispatch(shared: &Shared, req: &Request) -> Outcome {
         }
         ("POST", ["v1", "regenerate-api-key"]) => {
             let new_key = random_key();
-            let scoped = key
-                .as_ref()
-                .filter(|k| **k != st.api_key)
-                .and_then(|k| st.scoped_keys.iter().position(|(sk, _)| sk == k));
-            match scoped {
-                Some(i) => st.scoped_keys[i].0 = new_key.clone(),
-                None => st.api_key = new_key.clone(),
+            let k = key.unwrap_or_default();
+            if k == st.global_key {
+                st.global_key = new_key.clone();
+            } else if k == st.api_key {
+                st.api_key = new_key.clone();
+            } else if let Some(i) = st.scoped_keys.iter().position(|(sk, _)| *sk == k) {
+                st.scoped_keys[i].0 = new_key.clone();
             }
+            // (local mode / unmanaged without a known key: nothing to replace)
             st.actions.push("regenerate-api-key".into());
             return Outcome::Reply(send_text(200, &new_key));
         }
@@ -383,6 +528,7 @@ pub fn dispatch(shared: &Shared, req: &Request) -> Outcome {
         scope,
         body,
         segs: segs.clone(),
+        delay: 0,
     };
 
     let resp = match (method, l.as_slice()) {
@@ -395,8 +541,8 @@ pub fn dispatch(shared: &Shared, req: &Request) -> Outcome {
         ("GET", ["v1", "apps", _]) if has_param(2) => v1_app(&mut cx),
         ("POST", ["v1", "apps", _, "stop"]) if has_param(2) => v1_stop_start(&mut cx, true),
         ("POST", ["v1", "apps", _, "start"]) if has_param(2) => v1_stop_start(&mut cx, false),
-        ("GET", ["v1", "device"]) => send_json(200, cx.st.device.clone()),
-        ("GET", ["v1", "device", "host-config"]) => send_json(200, cx.st.host_config.clone()),
+        ("GET", ["v1", "device"]) => v1_device(&cx),
+        ("GET", ["v1", "device", "host-config"]) => v1_host_config(&cx),
         ("PATCH", ["v1", "device", "host-config"]) => v1_patch_host_config(&mut cx),
         // ---------------- V2
         ("POST", ["v2", "applications", _, "restart-service"]) if has_param(2) => {
@@ -440,13 +586,16 @@ pub fn dispatch(shared: &Shared, req: &Request) -> Outcome {
             200,
             json!({"status": "success", "state": cx.st.target_state}),
         ),
-        ("POST", ["v2", "local", "target-state"]) => v2_set_target_state(&mut cx),
+        ("POST", ["v2", "local", "target-state"]) => match v2_set_target_state(&mut cx) {
+            Some(r) => r,
+            None => return Outcome::Drop,
+        },
         ("GET", ["v2", "local", "device-info"]) => send_json(
             200,
             json!({"status": "success", "info": {"arch": "aarch64", "deviceType": "raspberrypi4-64"}}),
         ),
         ("GET", ["v2", "local", "logs"]) => {
-            let service_names = cx
+            let services = cx
                 .st
                 .apps
                 .first()
@@ -454,24 +603,46 @@ pub fn dispatch(shared: &Shared, req: &Request) -> Outcome {
                     cx.st
                         .visible_services(a)
                         .iter()
-                        .map(|s| s.name.clone())
+                        .map(|s| (s.name.clone(), s.service_id))
                         .collect()
                 })
                 .unwrap_or_default();
-            return Outcome::LocalLogs { service_names };
+            return Outcome::LocalLogs {
+                services,
+                live: cx.st.local_mode,
+            };
         }
         ("POST", ["v2", "journal-logs"]) => {
-            let count = check_int(cx.field("count")).filter(|&c| c > 0);
+            let count = check_int(cx.field("count"))
+                .filter(|&c| c > 0.0)
+                .map(|c| c as u64);
+            let format = match cx.field("format") {
+                None | Some(Value::Null) => "short".to_string(),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => js_string(other),
+            };
             return Outcome::Journal(JournalOptions {
-                initial: count.map(|c| c as u64).unwrap_or(10),
+                count,
                 follow: truthy(cx.field("follow")),
-                json: cx.field("format").and_then(Value::as_str) == Some("json"),
+                format,
                 unit: cx.field("unit").and_then(Value::as_str).map(str::to_string),
             });
         }
+        ("OPTIONS", _) => match allowed_methods(&l) {
+            Some(allow) => {
+                let mut r = send_text(200, &allow);
+                r.headers.push(("Allow".into(), allow));
+                r
+            }
+            None => send_not_found(&req.method, &req.path),
+        },
         _ => send_not_found(&req.method, &req.path),
     };
-    Outcome::Reply(resp)
+    if cx.delay > 0 {
+        Outcome::Delayed(resp, cx.delay)
+    } else {
+        Outcome::Reply(resp)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -479,9 +650,14 @@ pub fn dispatch(shared: &Shared, req: &Request) -> Outcome {
 
 fn v1_update(cx: &mut Ctx) -> Response {
     let force = cx.force();
-    cx.st
-        .actions
-        .push(if force { "update(force)" } else { "update" }.into());
+    let cancel = truthy(cx.field("cancel"));
+    let action = match (force, cancel) {
+        (false, false) => "update",
+        (true, false) => "update(force)",
+        (false, true) => "update(cancel)",
+        (true, true) => "update(force,cancel)",
+    };
+    cx.performed(action.to_string());
     if force || cx.st.instant_updates {
         send_status(204)
     } else {
@@ -491,10 +667,16 @@ fn v1_update(cx: &mut Ctx) -> Response {
 
 fn v1_device_action(cx: &mut Ctx, action: &str) -> Response {
     let force = cx.force();
-    if let Err(msg) = cx.st.take_lock(force) {
+    if cx.st.host_update && !force {
+        return send_json(
+            423,
+            json!({"Data": "", "Error": "Waiting for Host OS update to finish"}),
+        );
+    }
+    if let Err(msg) = cx.take_lock(&[], force) {
         return send_json(423, json!({"Data": "", "Error": msg}));
     }
-    cx.st.actions.push(if force {
+    cx.performed(if force {
         format!("{action}(force)")
     } else {
         action.to_string()
@@ -517,24 +699,38 @@ fn v1_restart_or_purge(cx: &mut Ctx, purge: bool) -> Response {
     if !cx.scope.allows(id) {
         return fail(401, "Unauthorized");
     }
+    app_restart_or_purge(cx, id, purge, force).map_or_else(
+        |r| r,
+        |()| {
+            if purge {
+                send_json(200, json!({"Data": "OK", "Error": ""}))
+            } else {
+                send_text(200, "OK")
+            }
+        },
+    )
+}
+
+/// The shared part of the v1 and v2 app restart and purge: `Err` is the
+/// error answer.
+fn app_restart_or_purge(cx: &mut Ctx, id: f64, purge: bool, force: bool) -> Result<(), Response> {
     let Some(idx) = cx.installed_app_index(id) else {
-        return fail(
+        return Err(fail(
             503,
-            &format!("Application with ID {id} is not in the current state"),
-        );
+            &format!(
+                "Application with ID {} is not in the current state",
+                js_number(id)
+            ),
+        ));
     };
-    if let Err(msg) = cx.st.take_lock(force) {
-        return fail(423, &msg);
+    let app_id = cx.st.apps[idx].app_id;
+    if let Err(msg) = cx.take_lock(&[app_id], force) {
+        return Err(fail(423, &msg));
     }
     restart_all(cx.st, idx);
-    cx.st
-        .actions
-        .push(format!("{} {id}", if purge { "purge" } else { "restart" }));
-    if purge {
-        send_json(200, json!({"Data": "OK", "Error": ""}))
-    } else {
-        send_text(200, "OK")
-    }
+    let what = if purge { "purge" } else { "restart" };
+    cx.performed(format!("{what} {app_id}"));
+    Ok(())
 }
 
 /// After an app restart or purge every service runs again.
@@ -551,7 +747,7 @@ fn restart_all(st: &mut SimState, idx: usize) {
 }
 
 fn v1_app(cx: &mut Ctx) -> Response {
-    let Some(id) = parse_int_js(&cx.param(2)) else {
+    let Some(id) = check_int_str(&cx.param(2)) else {
         return send_text(400, "Missing app id");
     };
     if !cx.scope.allows(id) {
@@ -562,108 +758,253 @@ fn v1_app(cx: &mut Ctx) -> Response {
     };
     let app = &cx.st.apps[idx];
     let services = cx.st.visible_services(app);
-    if services.len() > 1 {
-        return send_text(400, SINGLE_CONTAINER_ONLY);
-    }
     let Some(svc) = services.first() else {
         return send_text(400, "App not found");
     };
+    if services.len() > 1 {
+        return send_text(400, SINGLE_CONTAINER_ONLY);
+    }
+    let env: Map<String, Value> = svc
+        .env
+        .iter()
+        .filter(|(k, _)| !PRIVATE_ENV.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
     send_json(
         200,
         json!({
             "appId": app.app_id,
             "commit": app.commit,
             "containerId": svc.container_id,
-            "env": {},
-            "imageId": svc.image_id,
+            "env": env,
+            "imageId": image_name(app.app_id, svc),
             "releaseId": app.release_id,
         }),
     )
 }
 
+/// Variables `GET /v1/apps/:id` never shows.
+const PRIVATE_ENV: &[&str] = &["RESIN_SUPERVISOR_API_KEY", "BALENA_SUPERVISOR_API_KEY"];
+
+fn v1_device(cx: &Ctx) -> Response {
+    let mut dev = cx.st.device.clone();
+    if let Some(o) = dev.as_object_mut() {
+        let has_service = cx
+            .st
+            .apps
+            .first()
+            .is_some_and(|a| !cx.st.visible_services(a).is_empty());
+        // The commit the device is on is not known while an apply runs,
+        // nor without containers.
+        if cx.st.apply_in_progress || !has_service {
+            o.remove("commit");
+        }
+        if !has_service {
+            o.remove("status");
+            o.remove("download_progress");
+        }
+    }
+    send_json(200, dev)
+}
+
+/// Finds the service an action is for. `legacy`: the v1 form (400 instead
+/// of 404, and no name or image id is given).
+fn find_service(
+    cx: &Ctx,
+    id: f64,
+    name: Option<&str>,
+    image_id: Option<f64>,
+    legacy: bool,
+) -> Result<(u32, String, String), Response> {
+    let not_found = |msg: &str| {
+        if legacy {
+            send_text(400, msg)
+        } else {
+            send_text(404, msg)
+        }
+    };
+    let Some(idx) = cx.app_index(id) else {
+        // The target-state lookup of an unknown app throws in the real code.
+        return Err(fail(503, UNKNOWN_APP_CRASH));
+    };
+    let app = &cx.st.apps[idx];
+    let services = cx.st.visible_services(app);
+    if !app.installed || services.is_empty() {
+        return Err(not_found(APP_NOT_FOUND));
+    }
+    let svc = if services.len() == 1 {
+        &services[0]
+    } else {
+        if name.is_none() && image_id.is_none() {
+            return Err(send_text(400, V2_SERVICE_ENDPOINT_ERROR));
+        }
+        match services
+            .iter()
+            .find(|s| Some(f64::from(s.image_id)) == image_id || Some(s.name.as_str()) == name)
+        {
+            Some(s) => s,
+            None => return Err(not_found(SERVICE_NOT_FOUND)),
+        }
+    };
+    Ok((app.app_id, svc.name.clone(), svc.container_id.clone()))
+}
+
 fn v1_stop_start(cx: &mut Ctx, stop: bool) -> Response {
     let force = cx.force();
-    let Some(id) = parse_int_js(&cx.param(2)) else {
+    let Some(id) = check_int_str(&cx.param(2)) else {
         return send_text(400, "Invalid app id");
     };
     if !cx.scope.allows(id) {
-        return send_status(401);
+        return send_text(401, "Unauthorized");
     }
-    let Some(idx) = cx.app_index(id) else {
-        return fail(503, UNKNOWN_APP_CRASH);
+    let (app_id, name, cid) = match find_service(cx, id, None, None, true) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !cx.st.apps[idx].installed {
-        return send_text(400, APP_NOT_FOUND);
-    }
-    let app = &cx.st.apps[idx];
-    let services = cx.st.visible_services(app);
-    if services.len() != 1 {
-        return send_text(400, V2_SERVICE_ENDPOINT_ERROR);
-    }
-    let (app_id, name, cid) = (
-        app.app_id,
-        services[0].name.clone(),
-        services[0].container_id.clone(),
-    );
     if stop {
-        if let Err(msg) = cx.st.take_lock(force) {
+        if let Err(msg) = cx.take_lock(&[app_id], force) {
             return fail(423, &msg);
         }
     }
     cx.st
         .set_service_status(app_id, &name, if stop { "exited" } else { "Running" });
-    cx.st.actions.push(format!(
+    cx.performed(format!(
         "{} {app_id}/{name}",
         if stop { "stop" } else { "start" }
     ));
     send_json(200, json!({ "containerId": cid }))
 }
 
-fn v1_patch_host_config(cx: &mut Ctx) -> Response {
-    let Some(net) = cx.field("network").filter(|n| n.is_object()).cloned() else {
-        return send_text(400, "Key 'network' must exist in PATCH body");
-    };
-    if let Some(dns) = net.get("dns") {
-        if !js_falsy(dns) && !dns.is_boolean() && !dns.is_string() {
-            return send_text(
-                400,
-                &format!(
-                    "Expected dns to be a boolean or string, received: {}",
-                    js_typeof(dns)
-                ),
-            );
+fn v1_host_config(cx: &Ctx) -> Response {
+    let mut hc = cx.st.host_config.clone();
+    // No proxy configured: no `proxy` key.
+    if let Some(net) = hc.get_mut("network").and_then(Value::as_object_mut) {
+        if net
+            .get("proxy")
+            .is_some_and(|p| p.as_object().is_some_and(Map::is_empty) || p.is_null())
+        {
+            net.remove("proxy");
         }
+    }
+    send_json(200, hc)
+}
+
+const HOST_CONFIG_SHAPE: &str = "Partial<{| proxy: ({ [K in string]: any } & Partial<{ dns: (AddressString | boolean) }>), hostname: string |}>";
+
+/// Checks a host-config PATCH body the way the supervisor's (lenient)
+/// codec does: `network` an object, `hostname` a string, `proxy` an object
+/// whose `dns` is an `ADDRESS:PORT` string or a boolean. `Err`: the lines of
+/// the report.
+fn check_host_config(body: &Value) -> Result<(), Vec<String>> {
+    let net = body.get("network");
+    let Some(n) = net.and_then(Value::as_object) else {
+        return Err(vec![format!(
+            "Expecting {HOST_CONFIG_SHAPE} at network but instead got: {}",
+            js_show(net)
+        )]);
+    };
+    let mut errs = Vec::new();
+    if let Some(p) = n.get("proxy") {
+        match p.as_object() {
+            None => errs.push(format!(
+                "Expecting {{ [K in string]: any }} at network.proxy.0 but instead got: {p}"
+            )),
+            Some(po) => {
+                if let Some(d) = po.get("dns") {
+                    let ok = d.is_boolean()
+                        || d.as_str().is_some_and(|s| {
+                            s.rsplit_once(':').is_some_and(|(a, port)| {
+                                !a.is_empty()
+                                    && !port.is_empty()
+                                    && port.bytes().all(|b| b.is_ascii_digit())
+                            })
+                        });
+                    if !ok {
+                        errs.push(format!(
+                            "Expecting (AddressString | boolean) at network.proxy.1.dns but instead got: {d}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(h) = n.get("hostname") {
+        if !h.is_string() {
+            errs.push(format!(
+                "Expecting string at network.hostname but instead got: {h}"
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}
+
+fn v1_patch_host_config(cx: &mut Ctx) -> Response {
+    if let Err(lines) = check_host_config(&cx.body) {
+        return send_text(
+            400,
+            &format!(
+                "Could not parse host config input to a valid format:\n{}",
+                lines.join("\n")
+            ),
+        );
+    }
+    let net = cx.body["network"].clone();
+    let hostname = net
+        .get("hostname")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let proxy = net.get("proxy").filter(|p| !p.is_null()).cloned();
+    if hostname.is_none() && proxy.is_none() {
+        return send_text(200, "OK");
+    }
+    // Any hostname or proxy in the body takes the locks of every app.
+    let force = cx.force();
+    if let Err(msg) = cx.take_lock(&[], force) {
+        return send_text(423, &msg);
     }
     if !cx.st.host_config.is_object() {
         cx.st.host_config = json!({});
     }
-    let current = cx
-        .st
-        .host_config
-        .get("network")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    let hostname_change = net
-        .get("hostname")
-        .is_some_and(|h| Some(h) != current.get("hostname"));
-    let proxy_change = net
-        .get("proxy")
-        .is_some_and(|p| Some(p) != current.get("proxy"));
-    if hostname_change || proxy_change {
-        let force = cx.force();
-        if let Err(msg) = cx.st.take_lock(force) {
-            return send_text(423, &msg);
-        }
-    }
+    let uuid = cx.st.device_uuid.clone();
     let obj = cx.st.host_config.as_object_mut().expect("object");
     let stored = obj.entry("network").or_insert_with(|| json!({}));
     if !stored.is_object() {
         *stored = json!({});
     }
     let stored = stored.as_object_mut().expect("object");
-    for key in ["hostname", "proxy"] {
-        if let Some(v) = net.get(key) {
-            stored.insert(key.to_string(), v.clone());
+    if let Some(h) = hostname {
+        // An empty hostname means the default: the uuid's first 7 characters.
+        let h = if h.is_empty() {
+            uuid.chars().take(7).collect()
+        } else {
+            h
+        };
+        stored.insert("hostname".into(), Value::String(h));
+    }
+    if let Some(p) = proxy {
+        let mut input = p.as_object().cloned().unwrap_or_default();
+        let no_proxy = input.remove("noProxy");
+        if input.is_empty() {
+            // An empty proxy (or one with only noProxy) removes the proxy.
+            stored.remove("proxy");
+        } else {
+            let mut merged = stored
+                .get("proxy")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            merged.remove("noProxy");
+            for (k, v) in input {
+                merged.insert(k, v);
+            }
+            if let Some(np) = no_proxy {
+                merged.insert("noProxy".into(), np);
+            }
+            stored.insert("proxy".into(), Value::Object(merged));
         }
     }
     cx.st.actions.push("host-config".into());
@@ -675,40 +1016,24 @@ fn v1_patch_host_config(cx: &mut Ctx) -> Response {
 
 fn v2_service_action(cx: &mut Ctx, action: &str) -> Response {
     let force = cx.force();
-    let Some(id) = parse_int_js(&cx.param(2)).filter(|&i| i != 0) else {
+    let id = check_int_str(&cx.param(2)).filter(|&i| i != 0.0);
+    let image_id = check_int(cx.field("imageId")).filter(|&i| i != 0.0);
+    let service_name = check_string(cx.field("serviceName"));
+    let Some(id) = id else {
         return fail(400, "Invalid app id");
     };
     if !cx.scope.allows(id) {
         return fail(401, "Unauthorized");
     }
-    let Some(idx) = cx.app_index(id) else {
-        return fail(503, UNKNOWN_APP_CRASH);
-    };
-    if !cx.st.apps[idx].installed {
-        return send_text(404, APP_NOT_FOUND);
+    if service_name.is_none() && image_id.is_none() {
+        return send_text(400, V2_SERVICE_ENDPOINT_ERROR);
     }
-    let image_id = check_int(cx.field("imageId"));
-    let service_name = cx
-        .field("serviceName")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let app = &cx.st.apps[idx];
-    let services = cx.st.visible_services(app);
-    let found = if services.len() == 1 {
-        services.first()
-    } else if let Some(img) = image_id {
-        services.iter().find(|s| i64::from(s.image_id) == img)
-    } else if let Some(name) = &service_name {
-        services.iter().find(|s| s.name == *name)
-    } else {
-        return send_text(400, V2_SERVICE_INPUT_ERROR);
+    let (app_id, name, _) = match find_service(cx, id, service_name.as_deref(), image_id, false) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    let Some(svc) = found else {
-        return send_text(404, SERVICE_NOT_FOUND);
-    };
-    let (app_id, name) = (app.app_id, svc.name.clone());
     if action != "start-service" {
-        if let Err(msg) = cx.st.take_lock(force) {
+        if let Err(msg) = cx.take_lock(&[app_id], force) {
             return fail(423, &msg);
         }
     }
@@ -718,44 +1043,32 @@ fn v2_service_action(cx: &mut Ctx, action: &str) -> Response {
         "Running"
     };
     cx.st.set_service_status(app_id, &name, status);
-    cx.st.actions.push(format!("{action} {app_id}/{name}"));
+    cx.performed(format!("{action} {app_id}/{name}"));
     send_text(200, "OK")
 }
 
 fn v2_app_action(cx: &mut Ctx, action: &str) -> Response {
     let force = cx.force();
-    let Some(id) = parse_int_js(&cx.param(2)).filter(|&i| i != 0) else {
+    let Some(id) = check_int_str(&cx.param(2)).filter(|&i| i != 0.0) else {
         return fail(400, "Missing app id");
     };
     if !cx.scope.allows(id) {
         return fail(401, "Unauthorized");
     }
-    let Some(idx) = cx.installed_app_index(id) else {
-        return fail(
-            503,
-            &format!("Application with ID {id} is not in the current state"),
-        );
-    };
-    if let Err(msg) = cx.st.take_lock(force) {
-        return fail(423, &msg);
+    match app_restart_or_purge(cx, id, action == "purge", force) {
+        Ok(()) => send_text(200, "OK"),
+        Err(r) => r,
     }
-    restart_all(cx.st, idx);
-    cx.st.actions.push(format!("{action} {id}"));
-    send_text(200, "OK")
 }
 
 fn image_name(app_id: u32, svc: &super::SimService) -> String {
-    format!(
-        "registry2.balena-cloud.com/v2/{}@sha256:{}",
-        super::hex_id(&format!("image:{app_id}:{}", svc.name), 32),
-        super::hex_id(&format!("digest:{app_id}:{}", svc.name), 64)
-    )
+    super::image_name(app_id, &svc.name)
 }
 
 fn v2_applications_state(cx: &Ctx) -> Response {
     let mut out = Map::new();
     for app in cx.st.apps.iter().filter(|a| a.installed) {
-        if !cx.scope.allows(i64::from(app.app_id)) {
+        if !cx.scope.allows(f64::from(app.app_id)) {
             continue;
         }
         let mut services = Map::new();
@@ -785,12 +1098,16 @@ fn v2_applications_state(cx: &Ctx) -> Response {
 }
 
 fn v2_application_state(cx: &Ctx) -> Response {
-    let Some(id) = parse_int_js(&cx.param(2)) else {
-        return fail(400, "Invalid app id");
+    let raw = cx.param(2);
+    let Some(id) = check_int_str(&raw).filter(|&i| i != 0.0) else {
+        return fail(400, &format!("Invalid application ID: {raw}"));
     };
     let idx = cx.installed_app_index(id).filter(|_| cx.scope.allows(id));
     let Some(idx) = idx else {
-        return fail(409, &format!("Application ID does not exist: {id}"));
+        return fail(
+            409,
+            &format!("Application ID does not exist: {}", js_number(id)),
+        );
     };
     let app = &cx.st.apps[idx];
     let mut services = Map::new();
@@ -806,20 +1123,21 @@ fn v2_application_state(cx: &Ctx) -> Response {
     }
     let mut local = Map::new();
     local.insert(app.app_id.to_string(), json!({ "services": services }));
-    send_json(
-        200,
-        json!({"local": local, "dependent": {}, "commit": app.commit}),
-    )
+    send_json(200, json!({"local": local, "commit": app.commit}))
 }
 
 fn v2_state_status(cx: &Ctx) -> Response {
     let mut containers = Vec::new();
     let mut images = Vec::new();
     let mut progress = Vec::new();
-    for app in cx.st.apps.iter().filter(|a| a.installed) {
-        if !cx.scope.allows(i64::from(app.app_id)) {
-            continue;
-        }
+    // Only the first app in scope is reported.
+    let app = cx
+        .st
+        .apps
+        .iter()
+        .filter(|a| a.installed && cx.scope.allows(f64::from(a.app_id)))
+        .find(|a| !cx.st.visible_services(a).is_empty());
+    if let Some(app) = app {
         for s in cx.st.visible_services(app) {
             if let Some(p) = s.download_progress {
                 progress.push(p);
@@ -847,19 +1165,17 @@ fn v2_state_status(cx: &Ctx) -> Response {
     let overall = if progress.is_empty() {
         Value::Null
     } else {
-        json!(progress.iter().sum::<u32>() / progress.len() as u32)
+        json!(f64::from(progress.iter().sum::<u32>()) / progress.len() as f64)
     };
-    let release = cx
-        .st
-        .apps
-        .first()
-        .map(|a| a.commit.clone())
-        .unwrap_or_default();
+    let release = app
+        .map(|a| Value::String(a.commit.clone()))
+        .unwrap_or(Value::Null);
+    let applying = cx.st.apply_in_progress;
     send_json(
         200,
         json!({
             "status": "success",
-            "appState": if progress.is_empty() { "applied" } else { "applying" },
+            "appState": if applying { "applying" } else { "applied" },
             "overallDownloadProgress": overall,
             "containers": containers,
             "images": images,
@@ -869,34 +1185,52 @@ fn v2_state_status(cx: &Ctx) -> Response {
 }
 
 fn v2_container_id(cx: &Ctx, req: &Request) -> Response {
-    let wanted = req
-        .query_param("serviceName")
-        .filter(|s| !s.is_empty())
-        .or_else(|| req.query_param("service").filter(|s| !s.is_empty()));
+    // `serviceName` first, else `service`; present (even empty) means "one".
+    let wanted: Vec<&str> = {
+        let by = |k: &str| -> Vec<&str> {
+            req.query
+                .iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        let a = by("serviceName");
+        if a.is_empty() {
+            by("service")
+        } else {
+            a
+        }
+    };
     let mut all = Map::new();
     for app in cx.st.apps.iter().filter(|a| a.installed) {
-        if !cx.scope.allows(i64::from(app.app_id)) {
+        if !cx.scope.allows(f64::from(app.app_id)) {
             continue;
         }
         for s in cx.st.visible_services(app) {
             all.insert(s.name.clone(), Value::String(s.container_id.clone()));
         }
     }
-    match wanted {
-        Some(name) => match all.get(name) {
+    match wanted.as_slice() {
+        [] => send_json(200, json!({"status": "success", "services": all})),
+        // Repeated: an array, which names no service.
+        [name] => match all.get(*name) {
             Some(id) => send_json(200, json!({"status": "success", "containerId": id})),
             None => fail(503, "Could not find service with that name"),
         },
-        None => send_json(200, json!({"status": "success", "services": all})),
+        _ => fail(503, "Could not find service with that name"),
     }
 }
 
-const TAGS_DOWN: &str =
-    "Could not connect to the balena API: getaddrinfo EAI_AGAIN api.balena-cloud.com";
+const TAGS_FETCH_DOWN: &str =
+    "Device tags could not be fetched: getaddrinfo ENOTFOUND api.balena-cloud.com";
+const TAGS_SET_DOWN: &str =
+    "Device tags could not be set: getaddrinfo ENOTFOUND api.balena-cloud.com";
+const TAGS_BAD_BODY: &str =
+    "Invalid tags body, must be an object like `{[tagKey: string]: string}`";
 
 fn v2_get_tags(cx: &Ctx) -> Response {
     if cx.st.tags_api_down {
-        return fail(500, TAGS_DOWN);
+        return fail(500, TAGS_FETCH_DOWN);
     }
     let tags: Vec<Value> = cx
         .st
@@ -909,21 +1243,29 @@ fn v2_get_tags(cx: &Ctx) -> Response {
 }
 
 fn v2_patch_tags(cx: &mut Ctx) -> Response {
-    if cx.st.tags_api_down {
-        return fail(500, TAGS_DOWN);
-    }
-    let Some(obj) = cx.body.as_object() else {
-        return fail(400, "Tags must be an object of name/value strings");
+    // Checked before the balena API is reached. An array is an object too:
+    // its entries are (index, element).
+    let entries: Vec<(String, &Value)> = match &cx.body {
+        Value::Object(o) => o.iter().map(|(k, v)| (k.clone(), v)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
+        _ => return fail(400, TAGS_BAD_BODY),
     };
     let mut updates = Vec::new();
-    for (k, v) in obj {
-        if k.is_empty() || k.chars().any(char::is_whitespace) {
-            return fail(400, &format!("Tag name '{k}' must not contain white space"));
-        }
+    for (k, v) in entries {
         let Some(v) = v.as_str() else {
-            return fail(400, &format!("Tag value for '{k}' must be a string"));
+            return fail(400, TAGS_BAD_BODY);
         };
-        updates.push((k.clone(), v.to_string()));
+        if k.chars().any(char::is_whitespace) {
+            return fail(400, "Tag keys cannot contain whitespace");
+        }
+        updates.push((k, v.to_string()));
+    }
+    if cx.st.tags_api_down {
+        return fail(500, TAGS_SET_DOWN);
     }
     for (k, v) in updates {
         match cx.st.tags.iter_mut().find(|(n, _)| *n == k) {
@@ -935,22 +1277,230 @@ fn v2_patch_tags(cx: &mut Ctx) -> Response {
     send_json(202, json!({"status": "success"}))
 }
 
-fn v2_set_target_state(cx: &mut Ctx) -> Response {
+/// `POST /v2/local/target-state`: converts the v2 body to the device's
+/// target (as the supervisor does) and checks it. `None`: the conversion
+/// throws outside the route's error handling and the supervisor process
+/// dies (an app key that is not a number).
+fn v2_set_target_state(cx: &mut Ctx) -> Option<Response> {
     if !cx.st.local_mode {
-        return fail(
+        return Some(fail(
             400,
             "Target state can only set when device is in local mode",
-        );
+        ));
     }
-    if !cx.field("local").is_some_and(Value::is_object) {
-        return fail(
+    let local = cx.body.get("local").filter(|l| l.is_object());
+    let name = local
+        .and_then(|l| l.get("name"))
+        .filter(|n| !n.is_null())
+        .cloned()
+        .unwrap_or_else(|| Value::String(cx.st.device_name.clone()));
+    let config = local
+        .and_then(|l| l.get("config"))
+        .filter(|c| !c.is_null())
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let apps_v2 = local
+        .and_then(|l| l.get("apps"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut apps = Map::new();
+    for id in apps_v2.keys() {
+        let numeric = parse_int_js(id).map(|n| n.to_string());
+        // apps[parseInt(id)]: NaN, or a number that names no key, is undefined.
+        let app = match numeric.as_deref().and_then(|n| apps_v2.get(n)) {
+            Some(a) if !a.is_null() => a,
+            _ => return None,
+        };
+        apps.insert(id.clone(), v3_app(numeric.as_deref().unwrap_or(id), app));
+    }
+    let uuid = cx.st.device_uuid.clone();
+    let errors = check_target(&uuid, &name, &config, &apps);
+    if !errors.is_empty() {
+        return Some(fail(
             400,
-            "Invalid target state: 'local' must be an object describing the device",
-        );
+            &format!("Invalid target state.\n{}", errors.join("\n")),
+        ));
     }
-    cx.st.target_state = cx.body.clone();
+    cx.st.target_state = json!({"local": {"name": name, "config": config, "apps": apps}});
     cx.st.actions.push("target-state".into());
-    send_json(200, json!({"status": "success", "message": "OK"}))
+    Some(send_json(
+        200,
+        json!({"status": "success", "message": "OK"}),
+    ))
+}
+
+/// One app of a v2 target in the device's (v3) form.
+fn v3_app(id: &str, app: &Value) -> Value {
+    let mut releases = Map::new();
+    let commit = app.get("commit").filter(|c| !js_falsy(c));
+    if let Some(commit) = commit {
+        let mut services = Map::new();
+        if let Some(svcs) = app.get("services").and_then(Value::as_object) {
+            for (service_id, svc) in svcs {
+                let mut out = Map::new();
+                let mut composition = svc.as_object().cloned().unwrap_or_default();
+                for k in [
+                    "imageId",
+                    "serviceName",
+                    "image",
+                    "environment",
+                    "labels",
+                    "running",
+                    "serviceId",
+                    "contract",
+                ] {
+                    composition.remove(k);
+                }
+                out.insert("id".into(), Value::String(service_id.clone()));
+                for (from, to) in [
+                    ("imageId", "image_id"),
+                    ("image", "image"),
+                    ("environment", "environment"),
+                    ("labels", "labels"),
+                    ("running", "running"),
+                    ("contract", "contract"),
+                ] {
+                    if let Some(v) = svc.get(from) {
+                        out.insert(to.into(), v.clone());
+                    }
+                }
+                out.insert("composition".into(), Value::Object(composition));
+                let key = match svc.get("serviceName") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v) => js_string(v),
+                    None => "undefined".into(),
+                };
+                services.insert(key, Value::Object(out));
+            }
+        }
+        let mut release = Map::new();
+        if let Some(r) = app.get("releaseId") {
+            release.insert("id".into(), r.clone());
+        }
+        release.insert("services".into(), Value::Object(services));
+        release.insert(
+            "volumes".into(),
+            app.get("volumes").cloned().unwrap_or_else(|| json!({})),
+        );
+        release.insert(
+            "networks".into(),
+            app.get("networks").cloned().unwrap_or_else(|| json!({})),
+        );
+        let commit = match commit {
+            Value::String(s) => s.clone(),
+            v => js_string(v),
+        };
+        releases.insert(commit, Value::Object(release));
+    }
+    let mut out = Map::new();
+    if let Ok(n) = id.parse::<i64>() {
+        out.insert("id".into(), json!(n));
+    }
+    if let Some(n) = app.get("name") {
+        out.insert("name".into(), n.clone());
+    }
+    out.insert("class".into(), json!("fleet"));
+    out.insert("releases".into(), Value::Object(releases));
+    Value::Object(out)
+}
+
+/// Whether `v` is a whole number >= 0, or a string of digits.
+fn numeric_id(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().is_some(),
+        Some(Value::String(s)) => !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+        _ => false,
+    }
+}
+
+/// The checks of the supervisor's target-state codec that a client can
+/// meet, as lines of its report (empty: valid).
+fn check_target(
+    uuid: &str,
+    name: &Value,
+    config: &Value,
+    apps: &Map<String, Value>,
+) -> Vec<String> {
+    let mut errs = Vec::new();
+    let at = |path: String, what: &str, v: Option<&Value>| {
+        format!(
+            "Expecting {what} at {uuid}.{path} but instead got: {}",
+            js_show(v)
+        )
+    };
+    if !name
+        .as_str()
+        .is_some_and(|n| !n.is_empty() && n.len() <= 255)
+    {
+        errs.push(at("name".into(), "DeviceName", Some(name)));
+    }
+    match config.as_object() {
+        None => errs.push(at(
+            "config".into(),
+            "{ [K in string]: string }",
+            Some(config),
+        )),
+        Some(c) => {
+            for (k, v) in c {
+                if !v.is_string() {
+                    errs.push(at(format!("config.{k}"), "string", Some(v)));
+                }
+            }
+        }
+    }
+    for (app_uuid, app) in apps {
+        let base = format!("apps.{app_uuid}.0");
+        if !app.get("name").is_some_and(Value::is_string) {
+            errs.push(at(format!("{base}.name"), "ShortString", app.get("name")));
+        }
+        let Some(releases) = app.get("releases").and_then(Value::as_object) else {
+            continue;
+        };
+        for (commit, rel) in releases {
+            let rbase = format!("{base}.releases.{commit}");
+            if !numeric_id(rel.get("id")) {
+                errs.push(at(
+                    format!("{rbase}.id"),
+                    "NumericIdentifier",
+                    rel.get("id"),
+                ));
+            }
+            let Some(svcs) = rel.get("services").and_then(Value::as_object) else {
+                continue;
+            };
+            for (svc_name, svc) in svcs {
+                let sbase = format!("{rbase}.services.{svc_name}.0");
+                if !numeric_id(svc.get("image_id")) {
+                    errs.push(at(
+                        format!("{sbase}.image_id"),
+                        "NumericIdentifier",
+                        svc.get("image_id"),
+                    ));
+                }
+                if !svc.get("image").is_some_and(Value::is_string) {
+                    errs.push(at(
+                        format!("{sbase}.image"),
+                        "ShortString",
+                        svc.get("image"),
+                    ));
+                }
+                for (field, kind) in [
+                    ("environment", "{ [K in EnvVarName]: string }"),
+                    ("labels", "{ [K in LabelName]: string }"),
+                ] {
+                    let v = svc.get(field);
+                    let ok = v
+                        .and_then(Value::as_object)
+                        .is_some_and(|o| o.values().all(Value::is_string));
+                    if !ok {
+                        errs.push(at(format!("{sbase}.{field}"), kind, v));
+                    }
+                }
+            }
+        }
+    }
+    errs
 }
 
 // ---------------------------------------------------------------------------
@@ -1040,9 +1590,21 @@ pub fn state_json(shared: &Shared) -> Value {
         "address": format!("http://127.0.0.1:{}", shared.port),
         "app_id": shared.cfg.app_id,
         "api_key": st.api_key,
+        "global_key": st.global_key,
         "scoped_keys": scoped,
         "healthy": st.healthy,
         "locked": st.locked,
+        "lock_override": st.lock_override,
+        "host_update": st.host_update,
+        "locks_busy": st.locks_busy,
+        "busy_wait_ms": st.busy_wait_ms,
+        "action_delay_ms": st.action_delay_ms,
+        "apply_in_progress": st.apply_in_progress,
+        "no_services": st.no_services,
+        "journal_entries": st.journal_entries,
+        "journal_quiet": st.journal_quiet,
+        "close_streams": st.close_streams,
+        "restart_ms": st.restart_ms,
         "multi_container": st.multi_container,
         "local_mode": st.local_mode,
         "unmanaged": st.unmanaged,
@@ -1055,6 +1617,7 @@ pub fn state_json(shared: &Shared) -> Value {
         "tags": tags,
         "target_state": st.target_state,
         "device_name": st.device_name,
+        "device_uuid": st.device_uuid,
         "supervisor_version": st.supervisor_version,
         "vpn_enabled": st.vpn_enabled,
         "vpn_connected": st.vpn_connected,
@@ -1068,6 +1631,11 @@ pub fn state_json(shared: &Shared) -> Value {
 
 fn want_bool(k: &str, v: &Value) -> Result<bool, String> {
     v.as_bool().ok_or_else(|| format!("{k} must be a boolean"))
+}
+
+fn want_u64(k: &str, v: &Value) -> Result<u64, String> {
+    v.as_u64()
+        .ok_or_else(|| format!("{k} must be a non-negative integer"))
 }
 
 fn want_str(k: &str, v: &Value) -> Result<String, String> {
@@ -1088,14 +1656,10 @@ fn want_app_ids(k: &str, v: &Value) -> Result<Vec<u32>, String> {
         .collect()
 }
 
-/// Applies a `POST /_sim/state` document. Fields: healthy, locked,
-/// multi_container, local_mode, unmanaged, instant_updates, tags_api_down,
-/// crash_next, vpn_enabled, vpn_connected (booleans); stall_ms (number);
-/// api_key, device_name, supervisor_version (strings); scoped_keys
-/// (`[{"key","apps":[ids]}]`); device, host_config, target_state (any JSON,
-/// replaced whole); tags (object of strings, replaces all); service_status
-/// (`{"<service>":"<status>"}` for the first app); actions (array, usually
-/// `[]` to clear).
+/// Applies a `POST /_sim/state` document (every field is described in the
+/// doc comment of `tests/sim/mod.rs` and in `tests/sim/README.md`). Fields
+/// not named are left as they are; an unknown field or a wrong type refuses
+/// the whole document.
 pub fn apply_state(st: &mut SimState, v: &Value) -> Result<(), String> {
     let obj = v
         .as_object()
@@ -1104,6 +1668,19 @@ pub fn apply_state(st: &mut SimState, v: &Value) -> Result<(), String> {
         match k.as_str() {
             "healthy" => st.healthy = want_bool(k, v)?,
             "locked" => st.locked = want_bool(k, v)?,
+            "lock_override" => st.lock_override = want_bool(k, v)?,
+            "host_update" => st.host_update = want_bool(k, v)?,
+            "locks_busy" => st.locks_busy = want_bool(k, v)?,
+            "apply_in_progress" => st.apply_in_progress = want_bool(k, v)?,
+            "no_services" => st.no_services = want_bool(k, v)?,
+            "journal_quiet" => st.journal_quiet = want_bool(k, v)?,
+            "close_streams" => st.close_streams = want_bool(k, v)?,
+            "busy_wait_ms" => st.busy_wait_ms = want_u64(k, v)?,
+            "action_delay_ms" => st.action_delay_ms = want_u64(k, v)?,
+            "journal_entries" => st.journal_entries = want_u64(k, v)?,
+            "restart_ms" => st.restart_ms = want_u64(k, v)?,
+            "global_key" => st.global_key = want_str(k, v)?,
+            "device_uuid" => st.device_uuid = want_str(k, v)?,
             "multi_container" => st.multi_container = want_bool(k, v)?,
             "local_mode" => st.local_mode = want_bool(k, v)?,
             "unmanaged" => st.unmanaged = want_bool(k, v)?,
@@ -1112,11 +1689,7 @@ pub fn apply_state(st: &mut SimState, v: &Value) -> Result<(), String> {
             "crash_next" => st.crash_next = want_bool(k, v)?,
             "vpn_enabled" => st.vpn_enabled = want_bool(k, v)?,
             "vpn_connected" => st.vpn_connected = want_bool(k, v)?,
-            "stall_ms" => {
-                st.stall_ms = v
-                    .as_u64()
-                    .ok_or_else(|| "stall_ms must be a non-negative integer".to_string())?
-            }
+            "stall_ms" => st.stall_ms = want_u64(k, v)?,
             "api_key" => st.api_key = want_str(k, v)?,
             "device_name" => st.device_name = want_str(k, v)?,
             "supervisor_version" => st.supervisor_version = want_str(k, v)?,
