@@ -258,7 +258,9 @@ impl Client {
 
     /// `POST /v1/shutdown {"force":b}`. 423 (lock held) is [`ErrorKind::Locked`].
     pub fn shutdown(&self, force: bool) -> Result<()> {
-        let req = Request::post("/v1/shutdown").json(force_body(force)).action();
+        let req = Request::post("/v1/shutdown")
+            .json(force_body(force))
+            .action();
         self.call(&req, &[200, 202]).map(drop)
     }
 
@@ -464,15 +466,21 @@ impl Client {
     /// `POST /v2/applications/:appId/restart {"force":b}`.
     pub fn restart_app(&self, app_id: u32, force: bool) -> Result<()> {
         let path = format!("/v2/applications/{}/restart", resolve_app_id(app_id)?);
-        self.call(&Request::post(&path).json(force_body(force)).action(), &[200])
-            .map(drop)
+        self.call(
+            &Request::post(&path).json(force_body(force)).action(),
+            &[200],
+        )
+        .map(drop)
     }
 
     /// `POST /v2/applications/:appId/purge {"force":b}`.
     pub fn purge_app(&self, app_id: u32, force: bool) -> Result<()> {
         let path = format!("/v2/applications/{}/purge", resolve_app_id(app_id)?);
-        self.call(&Request::post(&path).json(force_body(force)).action(), &[200])
-            .map(drop)
+        self.call(
+            &Request::post(&path).json(force_body(force)).action(),
+            &[200],
+        )
+        .map(drop)
     }
 
     /// `GET /v2/version`: the `version` string.

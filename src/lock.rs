@@ -412,11 +412,7 @@ pub fn lock_updates_wait(timeout: std::time::Duration) -> Result<()> {
                 if waited >= timeout {
                     return Err(Error::new(
                         ErrorKind::Locked,
-                        format!(
-                            "{} (waited {} ms for it)",
-                            e.message(),
-                            waited.as_millis()
-                        ),
+                        format!("{} (waited {} ms for it)", e.message(), waited.as_millis()),
                     ));
                 }
                 std::thread::sleep(pause.min(timeout - waited));

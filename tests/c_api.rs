@@ -598,7 +598,7 @@ fn examples_compile_and_run_against_simulator() {
     // app's lines come only in local mode).
     sim.reset();
     sim.with_state(|s| s.local_mode = true);
-    let f = run(program(&tail_logs, &["3"]), limit);
+    let f = run(program(&tail_logs, &["--local", "3"]), limit);
     assert_eq!(f.status.code(), Some(0), "tail_logs: {}", f.stderr);
     for want in [
         "\"message\":\"Streaming logs\"",
@@ -622,6 +622,50 @@ fn examples_compile_and_run_against_simulator() {
         (last.method.as_str(), last.path.as_str()),
         ("GET", "/v2/local/logs")
     );
+
+    // tail_logs on a managed device: the followed journal.
+    sim.reset();
+    let f = run(program(&tail_logs, &["2"]), limit);
+    assert_eq!(
+        f.status.code(),
+        Some(0),
+        "tail_logs (journal): {}",
+        f.stderr
+    );
+    assert!(f.stdout.contains("stopped after 2 lines"), "{}", f.stdout);
+    let last = sim.last_request().expect("a journal request");
+    assert_eq!(
+        (last.method.as_str(), last.path.as_str()),
+        ("POST", "/v2/journal-logs")
+    );
+    assert_eq!(last.body_text(), r#"{"follow":true,"format":"short"}"#);
+
+    // A quiet journal: tail_logs waits, and SIGTERM stops it cleanly through
+    // bd_stop_streams.
+    sim.reset();
+    sim.with_state(|s| s.journal_quiet = true);
+    let child = program(&tail_logs, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        sim.requests().iter().any(|r| r.path == "/v2/journal-logs"),
+        "tail_logs did not start the journal"
+    );
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "tail_logs after SIGTERM: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("stopped by signal 15"), "{stdout}");
+    assert!(started.elapsed() < Duration::from_secs(3));
 
     // critical_section: while the lock is held the program refuses to ask for
     // a reboot (nothing reaches the simulator); after the release, --reboot
@@ -673,6 +717,49 @@ fn examples_compile_and_run_against_simulator() {
             assert!(reboots.is_empty(), "a reboot was requested: {reboots:?}");
             assert!(sim.state().actions.is_empty(), "{:?}", sim.state().actions);
         }
+    }
+
+    // The three kinds of 423, each with its own reaction.
+    type Set = fn(&mut sim::SimState);
+    let kinds: [(&str, Set, &str); 3] = [
+        (
+            "locked",
+            |s| s.locked = true,
+            "another update lock is held (HTTP 423): not forcing",
+        ),
+        (
+            "locks_busy",
+            |s| {
+                s.locks_busy = true;
+                s.busy_wait_ms = 50;
+            },
+            "the supervisor is busy (HTTP 423): retry later",
+        ),
+        (
+            "host_update",
+            |s| s.host_update = true,
+            "a host OS update is finishing (HTTP 423): never forcing",
+        ),
+    ];
+    for (state, set, want) in kinds {
+        sim.reset();
+        sim.with_state(set);
+        let f = run(
+            program(&critical_section, &["--lock-path", &lock_arg, "--reboot"]),
+            limit,
+        );
+        assert_eq!(
+            f.status.code(),
+            Some(0),
+            "critical_section {state}: {}",
+            f.stderr
+        );
+        assert!(
+            f.stdout.contains(want),
+            "critical_section {state} lacks `{want}`:\n{}",
+            f.stdout
+        );
+        assert!(sim.state().actions.is_empty(), "{:?}", sim.state().actions);
     }
 
     // The C++ wrapper: the same values, the RAII lock, an exception on error.

@@ -39,7 +39,11 @@ fn locked_server() -> (FaultServer, Arc<Mutex<String>>) {
     let b = body.clone();
     let srv = FaultServer::answering(move |_| {
         let text = b.lock().unwrap().clone();
-        response(423, &[("Content-Type", "application/json")], text.as_bytes())
+        response(
+            423,
+            &[("Content-Type", "application/json")],
+            text.as_bytes(),
+        )
     });
     (srv, body)
 }
@@ -75,13 +79,19 @@ fn three_kinds_of_423_get_three_statuses_and_the_right_advice() {
     assert!(!msg.contains("retry with force"), "{msg}");
 
     // 3. Another supervisor operation holds the locks: BUSY, with or without force.
-    set(r#"{"status":"failed","message":"Locks for app 1234 are being held by another supervisor operation"}"#);
+    set(
+        r#"{"status":"failed","message":"Locks for app 1234 are being held by another supervisor operation"}"#,
+    );
     let svc = cstr("main");
     for force in [false, true] {
         let rc = unsafe { bd_restart_service(1234, svc.as_ptr(), force) };
         assert_eq!(rc, busy(), "force {force}: {}", last_error());
         assert!(last_error().contains("retry later"), "{}", last_error());
-        assert!(!last_error().contains("retry with force"), "{}", last_error());
+        assert!(
+            !last_error().contains("retry with force"),
+            "{}",
+            last_error()
+        );
     }
     // Host config with its own force in the body.
     set(r#"{"status":"failed","message":"Lockfile exists for { appId: 1234, service: main }"}"#);
@@ -91,7 +101,11 @@ fn three_kinds_of_423_get_three_statuses_and_the_right_advice() {
     assert_eq!(unsafe { bd_set_host_config_json(json.as_ptr()) }, LOCKED);
 
     // The texts of the statuses differ.
-    let text = |rc: c_int| unsafe { std::ffi::CStr::from_ptr(bd_strerror(rc)) }.to_string_lossy().into_owned();
+    let text = |rc: c_int| {
+        unsafe { std::ffi::CStr::from_ptr(bd_strerror(rc)) }
+            .to_string_lossy()
+            .into_owned()
+    };
     assert!(text(busy()).contains("force cannot help"));
     assert!(text(host_update()).contains("do not force"));
     bd_cleanup();
@@ -156,24 +170,25 @@ fn update_cancel_sends_cancel_with_force() {
 // ------------------------------------------------------------------ streams
 
 /// A journal that sends its head and `lines` lines, then stays silent for
-/// `silence` (or closes at once when `close`).
+/// `silence`, then (when `close`) ends the stream properly.
 fn quiet_journal(lines: usize, silence: Duration, close: bool) -> FaultServer {
     FaultServer::start(move |c: &mut Conn| {
         if c.read_request().is_none() {
             return;
         }
-        let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let mut out =
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
         for _ in 0..lines {
             out.extend_from_slice(b"5\r\nline\n\r\n");
         }
         if !c.write(&out) {
             return;
         }
+        c.hold(silence);
         if close {
             c.write(b"0\r\n\r\n");
-            return;
         }
-        c.hold(silence);
     })
 }
 
@@ -204,8 +219,14 @@ fn a_quiet_followed_journal_waits_and_stops_from_another_thread() {
     stopper.join().unwrap();
     assert_eq!(rc, OK, "{}", last_error());
     assert_eq!(lines, 2);
-    assert!(took >= Duration::from_millis(950), "ended before the stop: {took:?}");
-    assert!(took < Duration::from_millis(1_600), "stopped late: {took:?}");
+    assert!(
+        took >= Duration::from_millis(950),
+        "ended before the stop: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1_600),
+        "stopped late: {took:?}"
+    );
     // A stream started after the stop is not affected by it.
     let srv = quiet_journal(1, Duration::ZERO, true);
     setup(&srv.address(), KEY, 300);
@@ -226,10 +247,17 @@ fn a_stream_timeout_ends_a_silent_stream_and_a_closed_stream_ends_at_once() {
     let rc = follow(&mut lines);
     let took = started.elapsed();
     assert_eq!(rc, TIMEOUT, "{}", last_error());
-    assert!(last_error().contains("sent nothing for 400 ms"), "{}", last_error());
+    assert!(
+        last_error().contains("sent nothing for 400 ms"),
+        "{}",
+        last_error()
+    );
     assert_eq!(bd_last_http_status(), 200);
     assert_eq!(lines, 1);
-    assert!(took >= Duration::from_millis(390) && took < Duration::from_millis(1_500), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(390) && took < Duration::from_millis(1_500),
+        "{took:?}"
+    );
 
     // The supervisor closes the stream: the call ends at once.
     let srv = quiet_journal(3, Duration::ZERO, true);
@@ -241,7 +269,7 @@ fn a_stream_timeout_ends_a_silent_stream_and_a_closed_stream_ends_at_once() {
     assert!(started.elapsed() < Duration::from_millis(300));
     // bd_cleanup restores "no limit".
     bd_cleanup();
-    let srv = quiet_journal(1, Duration::from_millis(900), false);
+    let srv = quiet_journal(1, Duration::from_millis(900), true);
     setup(&srv.address(), KEY, 5_000);
     let mut lines = 0;
     assert_eq!(follow(&mut lines), OK, "{}", last_error());
@@ -266,7 +294,11 @@ fn a_regenerated_key_survives_re_reading_the_environment() {
         let (rc, _) = text_call(|b, l| unsafe { bd_state_json(b, l) });
         assert!(rc > 0, "{what}: {}", last_error());
         let last = sim.requests().pop().unwrap();
-        assert_eq!(last.query_param("apikey").as_deref(), Some(new.as_str()), "{what}");
+        assert_eq!(
+            last.query_param("apikey").as_deref(),
+            Some(new.as_str()),
+            "{what}"
+        );
     };
     // The environment still holds the old key.
     bd_cleanup();
@@ -342,7 +374,10 @@ fn the_lock_holder_is_told_apart_and_a_stale_lock_is_taken_over() {
     assert_eq!(bd_lock_updates(), OK);
     assert_eq!(holder(), this);
     let record = std::fs::read_to_string(&path).unwrap();
-    assert!(record.contains(&std::process::id().to_string()), "{record:?}");
+    assert!(
+        record.contains(&std::process::id().to_string()),
+        "{record:?}"
+    );
     assert_eq!(bd_unlock_updates(), OK);
 
     // A file of unknown origin (touch, lockfile): never taken.
@@ -368,7 +403,10 @@ fn the_lock_holder_is_told_apart_and_a_stale_lock_is_taken_over() {
     assert_eq!(bd_lock_updates(), OK, "{}", last_error());
     assert_eq!(holder(), this);
     let record = std::fs::read_to_string(&path).unwrap();
-    assert!(record.contains(&std::process::id().to_string()), "{record:?}");
+    assert!(
+        record.contains(&std::process::id().to_string()),
+        "{record:?}"
+    );
     assert_eq!(bd_unlock_updates(), OK);
     assert!(!path.exists());
 
@@ -376,7 +414,11 @@ fn the_lock_holder_is_told_apart_and_a_stale_lock_is_taken_over() {
     let pid = child_locks(Duration::ZERO, true);
     assert!(wait_ok(pid));
     let c = cstr(path.to_str().unwrap());
-    assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0, "tests run as root");
+    assert_eq!(
+        unsafe { libc::chown(c.as_ptr(), 65534, 65534) },
+        0,
+        "tests run as root"
+    );
     assert_eq!(holder(), supervisor);
     assert_eq!(bd_lock_updates(), LOCKED);
     assert!(last_error().contains("supervisor"), "{}", last_error());
@@ -419,7 +461,10 @@ fn of_several_processes_racing_for_a_stale_lock_exactly_one_wins() {
             libc::close(go[1]);
         }
         let winners = racers.into_iter().filter(|&p| wait_ok(p)).count();
-        assert_eq!(winners, 1, "round {round}: {winners} processes took the same stale lock");
+        assert_eq!(
+            winners, 1,
+            "round {round}: {winners} processes took the same stale lock"
+        );
         let _ = std::fs::remove_file(&path);
     }
     unsafe { bd_set_update_lock_path(std::ptr::null()) };
@@ -439,7 +484,10 @@ fn lock_updates_wait_waits_for_the_lock_or_says_how_long_it_waited() {
     let started = Instant::now();
     assert_eq!(bd_lock_updates_wait(5_000), OK, "{}", last_error());
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(bd_update_lock_holder(), bd_lock_holder::BD_LOCK_THIS_PROCESS as c_int);
+    assert_eq!(
+        bd_update_lock_holder(),
+        bd_lock_holder::BD_LOCK_THIS_PROCESS as c_int
+    );
     // Held by this process: at once, no waiting.
     let started = Instant::now();
     assert_eq!(bd_lock_updates_wait(2_000), LOCKED);

@@ -30,7 +30,8 @@
  *
  * (The simulator does not look at lock files: its own "locked" flag, set with
  * `curl -d '{"locked":true}' http://127.0.0.1:48484/_sim/state`, stands for
- * "the supervisor sees another lock", and the reboot is then refused with 423.)
+ * "the supervisor sees another lock", and the reboot is then refused with 423;
+ * `{"locks_busy":true}` and `{"host_update":true}` give the other two kinds.)
  *
  * Exit status: 0 done, 1 an error, 2 usage, 3 someone else holds the lock.
  */
@@ -44,7 +45,8 @@
 #include "balena_device.h"
 
 /* Ask the supervisor for a reboot, unless an update lock file exists: a
- * reboot in the middle of a critical section is what the lock is for. */
+ * reboot in the middle of a critical section is what the lock is for. Each
+ * of the three kinds of 423 gets its own reaction. */
 static int request_reboot(void)
 {
     int rc = bd_updates_locked();
@@ -57,13 +59,32 @@ static int request_reboot(void)
         return rc;
     }
     rc = bd_reboot(false);
-    if (rc == BD_OK)
+    switch (rc) {
+    case BD_OK:
         printf("reboot requested (HTTP %d)\n", bd_last_http_status());
-    else if (rc == BD_ERR_LOCKED)
-        printf("reboot refused by the supervisor: another update lock is held (HTTP %d)\n",
-               bd_last_http_status());
-    else
+        break;
+    case BD_ERR_LOCKED:
+        /* An app (maybe another service of this app) holds its lock: its
+         * critical section wins; force would override it. */
+        printf("reboot refused by the supervisor: another update lock is held (HTTP %d): "
+               "not forcing\n  %s\n",
+               bd_last_http_status(), bd_last_error());
+        break;
+    case BD_ERR_BUSY:
+        /* The supervisor itself holds the locks (it is updating services):
+         * force cannot help; try again later. */
+        printf("reboot refused: the supervisor is busy (HTTP %d): retry later\n  %s\n",
+               bd_last_http_status(), bd_last_error());
+        break;
+    case BD_ERR_HOST_UPDATE:
+        /* A host OS update is finishing: never force, it can leave the
+         * device stuck mid-update. The update reboots the device itself. */
+        printf("reboot refused: a host OS update is finishing (HTTP %d): never forcing\n  %s\n",
+               bd_last_http_status(), bd_last_error());
+        break;
+    default:
         fprintf(stderr, "reboot request failed: %s\n  %s\n", bd_strerror(rc), bd_last_error());
+    }
     return rc;
 }
 
@@ -100,9 +121,14 @@ int main(int argc, char **argv)
         }
     }
 
-    rc = bd_lock_updates();
+    /* Wait up to 5 s for another holder to finish (a stale lock left by a
+     * process that is gone is taken over at once). */
+    rc = bd_lock_updates_wait(5000);
     if (rc == BD_ERR_LOCKED) {
-        fprintf(stderr, "the update lock is already held: %s\n", bd_last_error());
+        int holder = bd_update_lock_holder();
+        fprintf(stderr, "the update lock is already held (%s): %s\n",
+                holder == BD_LOCK_SUPERVISOR ? "by the supervisor" : "by another process",
+                bd_last_error());
         return 3;
     }
     if (rc != BD_OK) {
@@ -128,7 +154,7 @@ int main(int argc, char **argv)
 
     if (reboot) {
         rc = request_reboot();
-        if (rc != BD_OK && rc != BD_ERR_LOCKED)
+        if (rc != BD_OK && rc != BD_ERR_LOCKED && rc != BD_ERR_BUSY && rc != BD_ERR_HOST_UPDATE)
             return 1;
     }
     return 0;

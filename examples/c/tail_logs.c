@@ -1,7 +1,9 @@
 /*
- * tail_logs: print the first N lines of the device's local log stream
- * (GET /v2/local/logs, one JSON object per line), then stop it from the
- * callback.
+ * tail_logs: print the device's logs as they come. On a managed device the
+ * logs come from the journal (POST /v2/journal-logs with follow); in local
+ * mode (--local) from the local log stream (GET /v2/local/logs, which on a
+ * managed device sends one line and then nothing). Stops after N lines, or
+ * cleanly on SIGINT/SIGTERM through bd_stop_streams().
  *
  * Build (from the repository root, after `cargo build`):
  *
@@ -9,31 +11,45 @@
  *      -Ltarget/debug -lbalena_device -Wl,-rpath,"$PWD/target/debug" -o target/tail_logs
  *
  * Run (inside a balenaOS container with the io.balena.features.supervisor-api
- * label; the supervisor serves local logs in local mode):
+ * label):
  *
- *   ./target/tail_logs        # 10 lines
- *   ./target/tail_logs 3      # 3 lines
+ *   ./target/tail_logs            # follow the journal until Ctrl-C
+ *   ./target/tail_logs 3          # the first 3 journal lines
+ *   ./target/tail_logs --local 3  # local mode: the first 3 local log lines
  *
- * Against the supervisor simulator: start it in another terminal with
- * `cargo run --example simulator` (127.0.0.1:48484), then
+ * Against the supervisor simulator: start it with
+ * `cargo run --example simulator` (it prints the export lines to paste), then
+ * run as above.
  *
- *   export BALENA_SUPERVISOR_ADDRESS=http://127.0.0.1:48484
- *   export BALENA_SUPERVISOR_API_KEY=sim-key-0123456789abcdef
- *   export BALENA_APP_ID=1234
- *   ./target/tail_logs 3
+ * A followed journal on a quiet device may stay silent for a long time: by
+ * default a stream has no stall limit (bd_set_stream_timeout_ms sets one).
  *
- * Exit status: 0 done, 1 the stream failed, 2 usage.
+ * Exit status: 0 done or stopped by a signal, 1 the stream failed, 2 usage.
  */
 
+#define _POSIX_C_SOURCE 200809L
+
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "balena_device.h"
 
 struct tail {
-    long wanted;
+    long wanted; /* 0: no limit */
     long seen;
 };
+
+static volatile sig_atomic_t g_signalled = 0;
+
+/* bd_stop_streams is async-signal-safe: every stream in progress returns
+ * BD_OK within about 100 ms. */
+static void on_signal(int sig)
+{
+    g_signalled = sig;
+    bd_stop_streams();
+}
 
 /* Called once per line as it arrives; returning non-zero stops the stream. */
 static int print_line(const char *line, size_t len, void *userdata)
@@ -42,38 +58,51 @@ static int print_line(const char *line, size_t len, void *userdata)
     t->seen++;
     printf("%ld: %.*s\n", t->seen, (int)len, line);
     fflush(stdout);
-    return t->seen >= t->wanted;
+    return t->wanted > 0 && t->seen >= t->wanted;
 }
 
 int main(int argc, char **argv)
 {
     struct tail t;
-    char *end = NULL;
+    struct sigaction sa;
+    int local = 0;
+    int i;
     int rc;
 
-    t.wanted = 10;
+    t.wanted = 0;
     t.seen = 0;
-    if (argc > 2)
-        goto usage;
-    if (argc == 2) {
-        t.wanted = strtol(argv[1], &end, 10);
-        if (*argv[1] == '\0' || *end != '\0' || t.wanted < 1)
+    for (i = 1; i < argc; i++) {
+        char *end = NULL;
+        if (strcmp(argv[i], "--local") == 0) {
+            local = 1;
+            continue;
+        }
+        t.wanted = strtol(argv[i], &end, 10);
+        if (*argv[i] == '\0' || *end != '\0' || t.wanted < 1 || i != argc - 1)
             goto usage;
     }
 
-    /* A stream has no overall deadline; the timeout is the longest silence
-     * allowed between two bytes. */
-    bd_set_timeout_ms(60000);
-    rc = bd_local_logs(print_line, &t);
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    if (local)
+        rc = bd_local_logs(print_line, &t);
+    else
+        rc = bd_journal_logs("{\"follow\":true,\"format\":\"short\"}", print_line, &t);
     if (rc != BD_OK) {
-        fprintf(stderr, "reading the local logs failed: %s\n  %s\n", bd_strerror(rc),
-                bd_last_error());
+        fprintf(stderr, "reading the logs failed: %s\n  %s\n", bd_strerror(rc), bd_last_error());
         return 1;
     }
-    printf("stopped after %ld lines\n", t.seen);
+    if (g_signalled)
+        printf("stopped by signal %d after %ld lines\n", (int)g_signalled, t.seen);
+    else
+        printf("stopped after %ld lines\n", t.seen);
     return 0;
 
 usage:
-    fprintf(stderr, "usage: %s [LINES]\n", argv[0]);
+    fprintf(stderr, "usage: %s [--local] [LINES]\n", argv[0]);
     return 2;
 }

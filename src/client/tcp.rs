@@ -211,13 +211,11 @@ fn io_until<T>(
         };
         let (want, keep) = match (left, stream_start) {
             (Some(left), Some(_)) if left <= super::STREAM_POLL => (Some(left), false),
-            (_, Some(_)) => (
-                Some(super::STREAM_POLL),
-                *armed == Some(super::STREAM_POLL),
-            ),
+            (_, Some(_)) => (Some(super::STREAM_POLL), *armed == Some(super::STREAM_POLL)),
             (None, None) => (None, armed.is_none()),
             (Some(left), None) => {
-                let keep = matches!(*armed, Some(now) if !exact && now <= left && now >= left - left / 8);
+                let keep =
+                    matches!(*armed, Some(now) if !exact && now <= left && now >= left - left / 8);
                 (Some(if exact { left } else { left - left / 16 }), keep)
             }
         };

@@ -857,7 +857,6 @@ pub extern "C" fn bd_update_lock_holder() -> c_int {
 #[no_mangle]
 pub extern "C" fn bd_lock_updates_wait(timeout_ms: u32) -> c_int {
     boundary(|| {
-        lock::lock_updates_wait(std::time::Duration::from_millis(u64::from(timeout_ms)))
-            .map(|()| 0)
+        lock::lock_updates_wait(std::time::Duration::from_millis(u64::from(timeout_ms))).map(|()| 0)
     })
 }
