@@ -46,6 +46,7 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <time.h>
@@ -573,6 +574,18 @@ static int on_line(const char *line, size_t len, void *userdata)
     return c->stop_after > 0 && c->count >= c->stop_after;
 }
 
+/* Sleeps *(long *)arg milliseconds, then calls bd_stop_streams(). */
+static void *stop_streams_later(void *arg)
+{
+    long ms = *(long *)arg;
+    struct timespec ts;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+    bd_stop_streams();
+    return NULL;
+}
+
 /* ------------------------------------------------------------- sections */
 
 static void test_library(void)
@@ -592,28 +605,31 @@ static void test_library(void)
               BD_ERR_UNAUTHORIZED == -6 && BD_ERR_LOCKED == -7 && BD_ERR_BAD_REQUEST == -8 &&
               BD_ERR_NOT_FOUND == -9 && BD_ERR_SERVER == -10 && BD_ERR_HTTP == -11 &&
               BD_ERR_INVALID_RESPONSE == -12 && BD_ERR_TOO_LARGE == -13 &&
-              BD_ERR_INTERNAL == -14,
+              BD_ERR_INTERNAL == -14 && BD_ERR_BUSY == -15 && BD_ERR_HOST_UPDATE == -16,
           "bd_status values are the contract's");
+    CHECK(BD_LOCK_NONE == 0 && BD_LOCK_THIS_PROCESS == 1 && BD_LOCK_OTHER == 2 &&
+              BD_LOCK_SUPERVISOR == 3 && BD_LOCK_STALE == 4,
+          "bd_lock_holder values are the contract's");
     {
         int distinct = 1;
         int nonempty = 1;
         int j;
-        for (i = 0; i >= -14; i--) {
+        for (i = 0; i >= -16; i--) {
             const char *a = bd_strerror(i);
             if (!a || !a[0] || strcmp(a, "unknown status") == 0)
                 nonempty = 0;
-            for (j = i - 1; j >= -14 && a; j--)
+            for (j = i - 1; j >= -16 && a; j--)
                 if (bd_strerror(j) && strcmp(a, bd_strerror(j)) == 0)
                     distinct = 0;
         }
-        CHECK(nonempty, "bd_strerror() describes every status 0..-14");
+        CHECK(nonempty, "bd_strerror() describes every status 0..-16");
         CHECK(distinct, "bd_strerror() texts are distinct");
     }
     s0 = bd_strerror(BD_OK);
     check_at(s0 && strcmp(s0, "success") == 0, __LINE__, "bd_strerror(BD_OK) is \"success\"",
              "got %s", s0 ? s0 : "(NULL)");
-    CHECK(bd_strerror(-15) && strcmp(bd_strerror(-15), "unknown status") == 0,
-          "bd_strerror(-15) is \"unknown status\"");
+    CHECK(bd_strerror(-17) && strcmp(bd_strerror(-17), "unknown status") == 0,
+          "bd_strerror(-17) is \"unknown status\"");
     CHECK(bd_strerror(12345) && strcmp(bd_strerror(12345), "unknown status") == 0,
           "bd_strerror(12345) is \"unknown status\"");
     CHECK(bd_strerror(BD_ERR_LOCKED) == bd_strerror(BD_ERR_LOCKED),
@@ -1640,8 +1656,35 @@ static void test_streams(void)
              "the second local log line is the first service line", "%s", c.lines[1]);
     sim_set("{\"local_mode\":false}");
 
-    /* A stream that goes quiet for longer than the timeout. */
-    CHECK_RC(bd_set_timeout_ms((uint32_t)(500 * g_scale)), BD_OK, "bd_set_timeout_ms(500)");
+    /* Silence is not a request timeout: with no stream timeout (the
+       default) a quiet stream outlives bd_set_timeout_ms and ends only when
+       bd_stop_streams is called from another thread. */
+    CHECK_RC(bd_set_timeout_ms((uint32_t)(300 * g_scale)), BD_OK, "bd_set_timeout_ms(300)");
+    {
+        pthread_t stopper;
+        long wait_ms = 900 * g_scale;
+        memset(&c, 0, sizeof c);
+        c.stop_after = 4;
+        if (pthread_create(&stopper, NULL, stop_streams_later, &wait_ms) != 0)
+            die("pthread_create failed");
+        t0 = now_ms();
+        rc = bd_local_logs(on_line, &c);
+        pthread_join(stopper, NULL);
+        CHECK_RC(rc, BD_OK, "a quiet bd_local_logs ends with BD_OK when bd_stop_streams is called");
+        check_at(c.count == 1, __LINE__, "the quiet stream delivered its first line only", "count %d",
+                 c.count);
+        check_at(now_ms() - t0 >= wait_ms - 50 && now_ms() - t0 < wait_ms + 1000 * g_scale, __LINE__,
+                 "it waited past the request timeout and stopped soon after bd_stop_streams",
+                 "took %ld ms, stop after %ld", now_ms() - t0, wait_ms);
+    }
+    CHECK_RC(bd_ping(), BD_OK, "bd_stop_streams does not affect later calls");
+    memset(&c, 0, sizeof c);
+    c.stop_after = 1;
+    CHECK_RC(bd_local_logs(on_line, &c), BD_OK, "a stream started after bd_stop_streams runs");
+    CHECK(c.count == 1, "the later stream delivered its line");
+
+    /* A stream timeout: silence longer than it is BD_ERR_TIMEOUT. */
+    CHECK_RC(bd_set_stream_timeout_ms((uint32_t)(500 * g_scale)), BD_OK, "bd_set_stream_timeout_ms(500)");
     /* stop_after: a stream that does not stall fails here instead of
      * running forever. */
     memset(&c, 0, sizeof c);
@@ -1654,11 +1697,24 @@ static void test_streams(void)
     check_at(now_ms() - t0 < g_log_interval_ms - 100, __LINE__,
              "the stall was detected before the next line was due", "took %ld ms, interval %ld",
              now_ms() - t0, g_log_interval_ms);
+    check_at(contains(bd_last_error(), "/v2/local/logs"), __LINE__, "the stall message names the stream",
+             "%s", bd_last_error());
     memset(&c, 0, sizeof c);
     c.stop_after = 4;
     CHECK_RC(bd_journal_logs("{\"follow\":true,\"count\":1}", on_line, &c), BD_ERR_TIMEOUT,
              "bd_journal_logs follow gives BD_ERR_TIMEOUT when the stream stalls");
     CHECK(c.count == 1, "the journal stall came after the first line");
+    CHECK_RC(bd_set_stream_timeout_ms(0), BD_OK, "bd_set_stream_timeout_ms(0): no limit again");
+
+    /* The supervisor ends the stream: the call ends at once with BD_OK. */
+    sim_set("{\"close_streams\":true}");
+    memset(&c, 0, sizeof c);
+    c.stop_after = 100;
+    t0 = now_ms();
+    CHECK_RC(bd_journal_logs("{\"follow\":true,\"count\":2}", on_line, &c), BD_OK,
+             "a followed journal the supervisor closes ends with BD_OK");
+    check_at(c.count >= 1 && now_ms() - t0 < g_log_interval_ms - 100, __LINE__,
+             "it ended when the server closed it", "count %d, took %ld ms", c.count, now_ms() - t0);
     fresh();
 }
 
@@ -1731,6 +1787,197 @@ static void test_locks(void)
     rmdir(dir);
 }
 
+/* Removes the file *(const char **)arg names after 200 ms x scale. */
+static void *unlink_later(void *arg)
+{
+    const char *path = *(const char **)arg;
+    struct timespec ts;
+    long ms = 200 * g_scale;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+    unlink(path);
+    return NULL;
+}
+
+static void test_part3(void)
+{
+    char buf[512];
+    char dir[256];
+    char path[320];
+    const char *tmp = getenv("TMPDIR");
+    long t0;
+    int fd;
+    section("0.2.0: three kinds of 423, late actions, update cancel, lock holders, key rotation");
+    fresh();
+
+    /* LOCKED: an app's lock; the message advises force only without force. */
+    sim_set("{\"locked\":true}");
+    CHECK_RC(bd_reboot(false), BD_ERR_LOCKED, "bd_reboot(false) behind an app's lock gives BD_ERR_LOCKED");
+    check_at(contains(bd_last_error(), "Lockfile exists for { appId: ") &&
+                 contains(bd_last_error(), "retry with force"),
+             __LINE__, "the LOCKED message quotes the supervisor and advises force", "%s",
+             bd_last_error());
+    sim_set("{\"locked\":false}");
+
+    /* BUSY: the supervisor's own operation holds the locks, also with force. */
+    sim_set("{\"locks_busy\":true,\"busy_wait_ms\":100}");
+    CHECK_RC(bd_restart(g_app_id), BD_ERR_BUSY, "bd_restart while another supervisor operation holds the locks");
+    CHECK(bd_last_http_status() == 423, "BUSY: bd_last_http_status() is 423");
+    check_at(contains(bd_last_error(), "being held by another supervisor operation") &&
+                 !contains(bd_last_error(), "retry with force"),
+             __LINE__, "the BUSY message quotes the supervisor and does not advise force", "%s",
+             bd_last_error());
+    CHECK_RC(bd_reboot(true), BD_ERR_BUSY, "bd_reboot(true) while busy gives BD_ERR_BUSY (force cannot help)");
+    CHECK_WIRE("bd_reboot(true) while busy", "POST", "/v1/reboot", "{\"force\":true}", KEY_CURRENT);
+    CHECK(!sim_state_has("\"reboot(force)\""), "the busy supervisor did not reboot");
+    sim_set("{\"locks_busy\":false}");
+
+    fresh();
+
+    /* HOST_UPDATE: reboot/shutdown while a host OS update finishes. */
+    sim_set("{\"host_update\":true}");
+    CHECK_RC(bd_reboot(false), BD_ERR_HOST_UPDATE, "bd_reboot during a host OS update gives BD_ERR_HOST_UPDATE");
+    CHECK(bd_last_http_status() == 423, "HOST_UPDATE: bd_last_http_status() is 423");
+    check_at(contains(bd_last_error(), "Waiting for Host OS update to finish") &&
+                 contains(bd_last_error(), "do not force"),
+             __LINE__, "the HOST_UPDATE message quotes the supervisor and warns against force", "%s",
+             bd_last_error());
+    CHECK_RC(bd_shutdown(false), BD_ERR_HOST_UPDATE, "bd_shutdown during a host OS update gives BD_ERR_HOST_UPDATE");
+    CHECK_RC(bd_restart(g_app_id), BD_OK, "a restart is not held back by a host OS update");
+    fresh();
+
+    /* An action answered after the client gave up may still happen. */
+    CHECK_RC(bd_set_timeout_ms((uint32_t)(300 * g_scale)), BD_OK, "bd_set_timeout_ms(300)");
+    snprintf(buf, sizeof buf, "{\"action_delay_ms\":%ld}", 900 * g_scale);
+    sim_set(buf);
+    {
+        long before = sim_request_count();
+        t0 = now_ms();
+        CHECK_RC(bd_reboot(false), BD_ERR_TIMEOUT, "bd_reboot answered late gives BD_ERR_TIMEOUT");
+        check_at(now_ms() - t0 < 300 * g_scale + 700 * g_scale, __LINE__,
+                 "the late action's call ended at its deadline", "took %ld ms", now_ms() - t0);
+        check_at(contains(bd_last_error(), "may still carry it out"), __LINE__,
+                 "the timeout says the supervisor may still carry the action out", "%s",
+                 bd_last_error());
+        CHECK(sim_state_has("\"reboot\""), "the simulator carried the reboot out anyway");
+        CHECK(sim_request_count() == before + 1, "the timed-out action was not re-sent");
+    }
+    CHECK_RC(bd_state_json(buf, sizeof buf) > 0 ? 0 : -1, 0, "a read after the late action works");
+    fresh();
+
+    /* bd_update_cancel */
+    CHECK_RC(bd_update_cancel(false), BD_OK, "bd_update_cancel(false)");
+    CHECK_WIRE("bd_update_cancel(false)", "POST", "/v1/update", "{\"force\":false,\"cancel\":true}",
+               KEY_CURRENT);
+    CHECK_RC(bd_update_cancel(true), BD_OK, "bd_update_cancel(true)");
+    CHECK_WIRE("bd_update_cancel(true)", "POST", "/v1/update", "{\"force\":true,\"cancel\":true}",
+               KEY_CURRENT);
+    CHECK(sim_state_has("\"update(cancel)\"") && sim_state_has("\"update(force,cancel)\""),
+          "the simulator recorded both cancels");
+
+    /* Who holds the update lock. */
+    snprintf(dir, sizeof dir, "%s/bd-c-holder-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir))
+        die("mkdtemp failed");
+    snprintf(path, sizeof path, "%s/updates.lock", dir);
+    CHECK_RC(bd_set_update_lock_path(path), BD_OK, "bd_set_update_lock_path(temp path)");
+    CHECK_RC(bd_update_lock_holder(), BD_LOCK_NONE, "bd_update_lock_holder() with no file is BD_LOCK_NONE");
+    CHECK_RC(bd_lock_updates(), BD_OK, "bd_lock_updates");
+    CHECK_RC(bd_update_lock_holder(), BD_LOCK_THIS_PROCESS, "held here: BD_LOCK_THIS_PROCESS");
+    {
+        char rec[256] = "";
+        FILE *f = fopen(path, "r");
+        if (f) {
+            size_t n = fread(rec, 1, sizeof rec - 1, f);
+            rec[n] = '\0';
+            fclose(f);
+        }
+        snprintf(buf, sizeof buf, "pid %ld", (long)getpid());
+        check_at(contains(rec, "balena_device") && contains(rec, buf), __LINE__,
+                 "the lock file records the library and this process", "%s", rec);
+    }
+    CHECK_RC(bd_unlock_updates(), BD_OK, "bd_unlock_updates");
+
+    fd = open(path, O_CREAT | O_EXCL | O_WRONLY, 0644);
+    if (fd >= 0)
+        close(fd);
+    CHECK_RC(bd_update_lock_holder(), BD_LOCK_OTHER, "a file of unknown origin: BD_LOCK_OTHER");
+    t0 = now_ms();
+    CHECK_RC(bd_lock_updates_wait((uint32_t)(300 * g_scale)), BD_ERR_LOCKED,
+             "bd_lock_updates_wait gives BD_ERR_LOCKED when the file stays");
+    check_at(now_ms() - t0 >= 300 * g_scale - 10 && contains(bd_last_error(), "waited"), __LINE__,
+             "it waited its time and says so", "took %ld ms: %s", now_ms() - t0, bd_last_error());
+    {
+        pthread_t remover;
+        const char *p = path;
+        if (pthread_create(&remover, NULL, unlink_later, &p) != 0)
+            die("pthread_create failed");
+        t0 = now_ms();
+        CHECK_RC(bd_lock_updates_wait((uint32_t)(5000 * g_scale)), BD_OK,
+                 "bd_lock_updates_wait takes the lock once the other file is gone");
+        pthread_join(remover, NULL);
+        check_at(now_ms() - t0 >= 200 * g_scale - 10, __LINE__, "it waited for the file to go",
+                 "took %ld ms", now_ms() - t0);
+        CHECK_RC(bd_update_lock_holder(), BD_LOCK_THIS_PROCESS, "then it is this process's");
+        CHECK_RC(bd_unlock_updates(), BD_OK, "bd_unlock_updates after waiting");
+    }
+
+    if (geteuid() == 0) {
+        fd = open(path, O_CREAT | O_EXCL | O_WRONLY, 0644);
+        CHECK(fd >= 0 && fchown(fd, 65534, 65534) == 0, "a lock file owned by uid 65534");
+        if (fd >= 0)
+            close(fd);
+        CHECK_RC(bd_update_lock_holder(), BD_LOCK_SUPERVISOR, "uid 65534's file: BD_LOCK_SUPERVISOR");
+        CHECK_RC(bd_lock_updates(), BD_ERR_LOCKED, "the supervisor's lock is never taken");
+        unlink(path);
+    } else {
+        printf("# not root: the uid-65534 lock file is checked by the Rust tests only\n");
+    }
+
+    /* A lock left by a process that is gone is stale and taken over. */
+    {
+        pid_t child = fork();
+        int status = 0;
+        if (child == 0)
+            _exit(bd_lock_updates() == BD_OK ? 0 : 3); /* no unlock, no atexit */
+        CHECK(child > 0 && waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+                  WEXITSTATUS(status) == 0,
+              "a forked child took the lock and exited without releasing it");
+        CHECK_RC(bd_update_lock_holder(), BD_LOCK_STALE, "the gone child's lock: BD_LOCK_STALE");
+        CHECK_RC(bd_updates_locked(), 1, "a stale lock still counts as locked");
+        CHECK_RC(bd_lock_updates(), BD_OK, "bd_lock_updates takes a stale lock over");
+        CHECK_RC(bd_update_lock_holder(), BD_LOCK_THIS_PROCESS, "the taken-over lock is this process's");
+        CHECK_RC(bd_unlock_updates(), BD_OK, "bd_unlock_updates of the taken-over lock");
+        CHECK_RC(bd_update_lock_holder(), BD_LOCK_NONE, "no file after unlocking");
+    }
+    CHECK_RC(bd_set_update_lock_path(NULL), BD_OK, "bd_set_update_lock_path(NULL)");
+    rmdir(dir);
+
+    /* Key rotation survives re-reading the environment, which still holds
+       the replaced key. */
+    fresh();
+    {
+        char newkey[256];
+        const char *envkey = getenv("BALENA_SUPERVISOR_API_KEY");
+        int n = bd_regenerate_api_key(newkey, sizeof newkey);
+        check_at(n > 0, __LINE__, "bd_regenerate_api_key", "rc %d", n);
+        snprintf(g_key, sizeof g_key, "%s", newkey);
+        CHECK(envkey && strcmp(envkey, newkey) != 0, "the environment still holds the replaced key");
+        bd_cleanup();
+        CHECK_RC(bd_state_json(buf, sizeof buf) > 0 ? 0 : bd_last_http_status(), 0,
+                 "after bd_cleanup the first call uses the new key");
+        CHECK_WIRE("first call after bd_cleanup", "GET", "/v1/device", "", KEY_CURRENT);
+        CHECK_RC(bd_init_from_env(), BD_OK, "bd_init_from_env");
+        CHECK_RC(bd_blink(), BD_OK, "bd_blink after bd_init_from_env uses the new key");
+        CHECK_WIRE("bd_blink after bd_init_from_env", "POST", "/v1/blink", "", KEY_CURRENT);
+        CHECK_RC(bd_init(g_addr, NULL), BD_OK, "bd_init(addr, NULL)");
+        CHECK_RC(bd_blink(), BD_OK, "bd_blink after bd_init(addr, NULL) uses the new key");
+        CHECK_WIRE("bd_blink after bd_init(addr, NULL)", "POST", "/v1/blink", "", KEY_CURRENT);
+    }
+    fresh();
+}
+
 int main(void)
 {
     const char *addr = getenv("BALENA_SUPERVISOR_ADDRESS");
@@ -1770,6 +2017,7 @@ int main(void)
     test_v2();
     test_streams();
     test_locks();
+    test_part3();
     bd_cleanup();
 
     printf("%d passed, %d failed\n", g_passed, g_failed);
