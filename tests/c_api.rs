@@ -587,6 +587,39 @@ fn examples_compile_and_run_against_simulator() {
     );
     assert!(f.stdout.contains("reboot requested"), "{}", f.stdout);
     assert_eq!(sim.state().actions, vec!["reboot(force)".to_string()]);
+    // Force cannot help a busy supervisor (exit 4) and must not be used
+    // during a host OS update (exit 5); neither acts.
+    for (what, code, text) in [
+        ("busy", 4, "supervisor is busy"),
+        ("host update", 5, "host OS update is finishing"),
+    ] {
+        sim.reset();
+        sim.with_state(|s| {
+            if code == 4 {
+                s.locks_busy = true;
+                s.busy_wait_ms = 50;
+            } else {
+                s.host_update = true;
+            }
+        });
+        let f = run(program(&device_status, &["--reboot"]), limit);
+        assert_eq!(
+            f.status.code(),
+            Some(code),
+            "device_status --reboot, {what}: {}",
+            f.stderr
+        );
+        assert!(
+            f.stderr.contains(text) && f.stderr.contains("HTTP 423"),
+            "{what}: {}",
+            f.stderr
+        );
+        assert!(
+            sim.state().actions.is_empty(),
+            "{what}: {:?}",
+            sim.state().actions
+        );
+    }
     let f = run(program(&device_status, &["--bogus"]), limit);
     assert_eq!(
         f.status.code(),

@@ -26,7 +26,9 @@
  * simulator hold an update lock, to see the refusal.)
  *
  * Exit status: 0 done, 1 the supervisor could not be asked, 2 usage,
- * 3 reboot refused because an update lock is held.
+ * 3 reboot refused because an update lock is held (--force overrides it),
+ * 4 refused because the supervisor is busy (force cannot help: retry later),
+ * 5 refused because a host OS update is finishing (never force it).
  */
 
 #include <stdio.h>
@@ -114,6 +116,20 @@ int main(int argc, char **argv)
                 "run again with --reboot --force to reboot anyway\n",
                 bd_last_error());
         return 3;
+    }
+    if (rc == BD_ERR_BUSY) {
+        /* Force cannot help: the supervisor's own operation holds the locks. */
+        fprintf(stderr, "reboot refused: the supervisor is busy\n  %s\ntry again later\n",
+                bd_last_error());
+        return 4;
+    }
+    if (rc == BD_ERR_HOST_UPDATE) {
+        /* Never force this one: it can leave the device stuck mid-update. */
+        fprintf(stderr,
+                "reboot refused: a host OS update is finishing\n  %s\n"
+                "do not force it; try again once the update is done\n",
+                bd_last_error());
+        return 5;
     }
     if (rc != BD_OK)
         return fail("requesting a reboot", rc);
