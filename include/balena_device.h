@@ -239,8 +239,6 @@ typedef struct bd_device_state {
   bool update_failed;
 } bd_device_state;
 
-
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

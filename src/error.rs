@@ -1,5 +1,6 @@
-//! Errors of the core: one kind per status of the C contract, plus a message
-//! a person can act on and the HTTP status of the response, if one arrived.
+//! Errors of the core: what went wrong as a kind, a message a person can act
+//! on and the HTTP status of the response, if one arrived. No C numbers here:
+//! `ffi` maps each kind to its `bd_status` once.
 
 use std::fmt;
 
@@ -42,89 +43,6 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The contract's numeric status for this kind (always negative).
-    pub fn code(self) -> i32 {
-        match self {
-            ErrorKind::InvalidArgument => -1,
-            ErrorKind::NotConfigured => -2,
-            ErrorKind::Connect => -3,
-            ErrorKind::Timeout => -4,
-            ErrorKind::Io => -5,
-            ErrorKind::Unauthorized => -6,
-            ErrorKind::Locked => -7,
-            ErrorKind::BadRequest => -8,
-            ErrorKind::NotFound => -9,
-            ErrorKind::Server => -10,
-            ErrorKind::Http => -11,
-            ErrorKind::InvalidResponse => -12,
-            ErrorKind::TooLarge => -13,
-            ErrorKind::Internal => -14,
-            ErrorKind::Busy => -15,
-            ErrorKind::HostUpdate => -16,
-        }
-    }
-
-    /// Every kind, in code order (-1 first).
-    pub const ALL: [ErrorKind; 16] = [
-        ErrorKind::InvalidArgument,
-        ErrorKind::NotConfigured,
-        ErrorKind::Connect,
-        ErrorKind::Timeout,
-        ErrorKind::Io,
-        ErrorKind::Unauthorized,
-        ErrorKind::Locked,
-        ErrorKind::BadRequest,
-        ErrorKind::NotFound,
-        ErrorKind::Server,
-        ErrorKind::Http,
-        ErrorKind::InvalidResponse,
-        ErrorKind::TooLarge,
-        ErrorKind::Internal,
-        ErrorKind::Busy,
-        ErrorKind::HostUpdate,
-    ];
-
-    /// The kind for a numeric status, if it is one of the contract's errors.
-    pub fn from_code(code: i32) -> Option<ErrorKind> {
-        ErrorKind::ALL.iter().copied().find(|k| k.code() == code)
-    }
-
-    /// A short static description of the kind, NUL-terminated.
-    pub fn describe_c(self) -> &'static std::ffi::CStr {
-        match self {
-            ErrorKind::InvalidArgument => {
-                c"invalid argument: bad input from the caller, nothing was sent"
-            }
-            ErrorKind::NotConfigured => c"not configured: no supervisor address or API key known",
-            ErrorKind::Connect => c"could not connect to the supervisor",
-            ErrorKind::Timeout => c"the request's deadline passed",
-            ErrorKind::Io => c"the connection broke mid-request (or a local I/O error)",
-            ErrorKind::Unauthorized => {
-                c"unauthorized (HTTP 401): API key missing, invalid or out of scope"
-            }
-            ErrorKind::Locked => c"an app's update lock is held (HTTP 423); force overrides it",
-            ErrorKind::BadRequest => c"bad request (HTTP 400)",
-            ErrorKind::NotFound => c"not found (HTTP 404)",
-            ErrorKind::Server => c"supervisor error (HTTP 5xx)",
-            ErrorKind::Http => c"unexpected HTTP status",
-            ErrorKind::InvalidResponse => c"the response body is not what the endpoint documents",
-            ErrorKind::TooLarge => c"the response exceeded the size cap",
-            ErrorKind::Internal => c"internal error in balena_device (a bug)",
-            ErrorKind::Busy => {
-                c"the supervisor is busy: its own operation holds the app's locks (HTTP 423); \
-                  force cannot help, retry later"
-            }
-            ErrorKind::HostUpdate => {
-                c"a host OS update is finishing (HTTP 423); do not force, retry after it"
-            }
-        }
-    }
-
-    /// A short static description of the kind.
-    pub fn describe(self) -> &'static str {
-        self.describe_c().to_str().unwrap_or("")
-    }
-
     /// The kind for an HTTP status that is not a success of the endpoint.
     pub fn from_http_status(status: u16) -> ErrorKind {
         match status {
@@ -171,11 +89,6 @@ impl Error {
     /// The error's kind.
     pub fn kind(&self) -> ErrorKind {
         self.kind
-    }
-
-    /// The contract's numeric status.
-    pub fn code(&self) -> i32 {
-        self.kind.code()
     }
 
     /// The message.

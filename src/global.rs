@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::client::Client;
 use crate::config::{check_timeout_ms, Config, DEFAULT_TIMEOUT_MS};
@@ -10,14 +11,12 @@ use crate::error::Result;
 use crate::sync::ForkSafeRwLock;
 
 static DEFAULT: ForkSafeRwLock<Option<Arc<Client>>> = ForkSafeRwLock::new(None);
+/// The deadline of one C call, in ms: the one place the timeout is held
+/// (each call takes it at its start, see `client::begin_call`).
 static TIMEOUT_MS: AtomicU32 = AtomicU32::new(DEFAULT_TIMEOUT_MS);
 
 fn install(config: Config) -> Arc<Client> {
-    let client = Arc::new(Client::new(config));
-    client
-        .set_timeout_ms(TIMEOUT_MS.load(Ordering::Relaxed))
-        .expect("the stored timeout is never 0");
-    client
+    Arc::new(Client::new(config))
 }
 
 /// The default client, created from the environment if there is none yet.
@@ -48,21 +47,17 @@ pub fn init_from_env() -> Result<()> {
     init(None, None)
 }
 
-/// Deadline of one whole request for the default client, now and after any
-/// later `init`, until `cleanup`.
+/// Deadline of one whole call, for calls that start from now on, also after
+/// a later `init`, until `cleanup`.
 pub fn set_timeout_ms(ms: u32) -> Result<()> {
     check_timeout_ms(ms)?;
-    let slot = DEFAULT.write();
     TIMEOUT_MS.store(ms, Ordering::Relaxed);
-    if let Some(c) = slot.as_ref() {
-        c.set_timeout_ms(ms)?;
-    }
     Ok(())
 }
 
-/// The timeout the default client uses, in milliseconds.
-pub fn timeout_ms() -> u32 {
-    TIMEOUT_MS.load(Ordering::Relaxed)
+/// The deadline of one call.
+pub fn timeout() -> Duration {
+    Duration::from_millis(u64::from(TIMEOUT_MS.load(Ordering::Relaxed)))
 }
 
 /// Drop the default client (its idle connections close once no call still

@@ -10,7 +10,8 @@ use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use balena_device::ffi::boundary::{fill_field, write_text};
+use balena_device::ffi::boundary::write_text;
+use balena_device::ffi::fill_field;
 use balena_device::ffi::*;
 use balena_device::ErrorKind;
 use fault_server::{Conn, FaultServer};
@@ -328,11 +329,16 @@ fn check_call(which: usize) -> Result<(), TestCaseError> {
     if rc < 0 {
         // Only answer- and transport-related statuses can come from a
         // server's answer: not bad input, not configuration, not a panic.
-        prop_assert!((-13..=-3).contains(&rc), "{name}: undocumented {rc}: {msg}");
+        let answer_status = (-13..=-3).contains(&rc)
+            || rc == bd_status::BD_ERR_BUSY as c_int
+            || rc == bd_status::BD_ERR_HOST_UPDATE as c_int;
+        prop_assert!(answer_status, "{name}: undocumented {rc}: {msg}");
         prop_assert!(!msg.is_empty(), "{name}: {rc} without a message");
         let expected_http = match rc {
             UNAUTHORIZED => Some(401..=401),
             LOCKED => Some(423..=423),
+            _ if rc == bd_status::BD_ERR_BUSY as c_int => Some(423..=423),
+            _ if rc == bd_status::BD_ERR_HOST_UPDATE as c_int => Some(423..=423),
             BAD_REQUEST => Some(400..=400),
             NOT_FOUND => Some(404..=404),
             SERVER => Some(500..=599),

@@ -294,11 +294,7 @@ fn a_regenerated_key_survives_re_reading_the_environment() {
         let (rc, _) = text_call(|b, l| unsafe { bd_state_json(b, l) });
         assert!(rc > 0, "{what}: {}", last_error());
         let last = sim.requests().pop().unwrap();
-        assert_eq!(
-            last.query_param("apikey").as_deref(),
-            Some(new.as_str()),
-            "{what}"
-        );
+        assert_eq!(last.query_param("apikey"), Some(new.as_str()), "{what}");
     };
     // The environment still holds the old key.
     bd_cleanup();

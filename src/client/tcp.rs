@@ -17,10 +17,11 @@
 //!   a pooled connection is one non-blocking peek.
 //!
 //! It implements ureq's `unversioned` transport traits, which ureq may change
-//! in any release (hence the exact pin in Cargo.toml): an upgrade that changes
+//! in a minor release (hence `~3.5.2` in Cargo.toml): an upgrade that changes
 //! `Transport`, `Buffers`, `Connector` or `NextTimeout` breaks the build here,
-//! not the behaviour; `cargo test --lib client::tcp` and `tests/faults.rs`
-//! show the behaviour.
+//! not the behaviour; `cargo test --lib client::tcp`, `tests/faults.rs` and
+//! `tests/fork.rs` show the behaviour. `is_open` probes the socket every time
+//! it is asked, so nothing depends on when ureq's pool asks.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -121,7 +121,7 @@ fn run_boundary(body: &mut dyn FnMut() -> Result<c_int>) -> c_int {
     set_last_error("");
     client::reset_last_http_status();
     let inside = Inside::enter();
-    let started = client::begin_call();
+    let started = client::begin_call(crate::global::timeout());
     let result = catch_unwind(AssertUnwindSafe(body));
     client::end_call(started);
     drop(inside);
@@ -137,7 +137,7 @@ fn run_boundary(body: &mut dyn FnMut() -> Result<c_int>) -> c_int {
             if e.http_status() != 0 {
                 client::record_status(e.http_status());
             }
-            e.code()
+            super::status_of(e.kind())
         }
         Err(payload) => {
             let what = payload
@@ -148,78 +148,53 @@ fn run_boundary(body: &mut dyn FnMut() -> Result<c_int>) -> c_int {
             set_last_error(&format!(
                 "internal error in balena_device (please report it): {what}"
             ));
-            ErrorKind::Internal.code()
+            super::status_of(ErrorKind::Internal)
         }
     }
 }
 
-/// [`boundary`] around a call on the default client that returns nothing.
-pub fn call(body: impl FnOnce(&Client) -> Result<()>) -> c_int {
-    let mut body = Some(body);
-    run_call(&mut |c: &Client| body.take().map_or_else(|| Err(ran_twice()), |f| f(c)))
+/// The body of an export that returns a status (or a count or flag >= 0):
+/// arguments are checked inside it, in the order of its lines, so "bad
+/// input" wins over "not configured" when the argument checks come before
+/// [`client`]. Same as [`boundary`].
+pub fn status(body: impl FnOnce() -> Result<c_int>) -> c_int {
+    boundary(body)
 }
 
-/// [`call`] after the C arguments were checked: an error in `args` is
-/// returned before the client is looked up (bad input wins over "not
-/// configured"), otherwise `body` gets the client and the checked arguments.
-pub fn call_with<A>(args: Result<A>, body: impl FnOnce(&Client, A) -> Result<()>) -> c_int {
-    match args {
-        Ok(a) => call(|c| body(c, a)),
-        Err(e) => boundary(|| Err(e)),
-    }
+/// The default client (created from the environment on first use).
+pub fn client() -> Result<std::sync::Arc<Client>> {
+    global::client()
 }
 
-#[inline(never)]
-fn run_call(body: &mut dyn FnMut(&Client) -> Result<()>) -> c_int {
-    boundary(|| body(&*global::client()?).map(|()| 0))
+/// What an action that returns nothing gives C: `BD_OK`.
+pub fn done(_: ()) -> c_int {
+    0
 }
 
-/// [`boundary`] around a call on the default client that produces text,
-/// written into `(buf, len)` snprintf-style. The buffer is checked before
-/// anything is sent; when `len > 0` it holds `""` until the text is written,
-/// so it is NUL-terminated after a failure too.
+/// The body of an export that writes text into `(buf, len)` snprintf-style
+/// and returns its full length. The buffer is checked first, before the
+/// body checks its own arguments and sends anything; when `len > 0` it holds
+/// `""` until the text is written, so it is NUL-terminated after a failure
+/// too.
 ///
 /// # Safety
 /// `buf` must be NULL or point to `len` writable bytes.
-pub unsafe fn text(
+pub unsafe fn text_out(
     buf: *mut c_char,
     len: usize,
-    body: impl FnOnce(&Client) -> Result<String>,
+    body: impl FnOnce() -> Result<String>,
 ) -> c_int {
     let mut body = Some(body);
     // SAFETY: forwarded.
     unsafe {
-        run_text(buf, len, &mut || match body.take() {
-            Some(f) => f(&*global::client()?),
-            None => Err(ran_twice()),
+        run_text(buf, len, &mut || {
+            body.take().map_or_else(|| Err(ran_twice()), |f| f())
         })
     }
 }
 
-/// [`text`] after the C arguments were checked: an error in `args` is
-/// returned before the client is looked up, as in [`call_with`].
-///
 /// # Safety
-/// As [`text`].
-pub unsafe fn text_with<A>(
-    buf: *mut c_char,
-    len: usize,
-    args: Result<A>,
-    body: impl FnOnce(&Client, A) -> Result<String>,
-) -> c_int {
-    match args {
-        // SAFETY: forwarded.
-        Ok(a) => unsafe { text(buf, len, |c| body(c, a)) },
-        Err(e) => {
-            let mut e = Some(e);
-            // SAFETY: forwarded.
-            unsafe { run_text(buf, len, &mut || Err(e.take().unwrap_or_else(ran_twice))) }
-        }
-    }
-}
-
-/// # Safety
-/// As [`text`].
+/// As [`text_out`].
 #[inline(never)]
 unsafe fn run_text(
     buf: *mut c_char,
@@ -269,22 +244,6 @@ pub unsafe fn write_text(buf: *mut c_char, len: usize, text: &str) -> Result<c_i
         }
     }
     Ok(c_int::try_from(text.len()).unwrap_or(c_int::MAX))
-}
-
-/// Copy `text` into a fixed C char array, truncated at a character boundary
-/// so it always ends with a NUL inside the array. Absent → `""`.
-pub fn fill_field<const N: usize>(field: &mut [c_char; N], text: Option<&str>) {
-    let text = text.unwrap_or("");
-    let mut n = text.len().min(N.saturating_sub(1));
-    while !text.is_char_boundary(n) {
-        n -= 1;
-    }
-    for (dst, &src) in field.iter_mut().zip(&text.as_bytes()[..n]) {
-        *dst = src as c_char;
-    }
-    for dst in field.iter_mut().skip(n) {
-        *dst = 0;
-    }
 }
 
 /// A required C string argument as `&str`: NULL or non-UTF-8 is

@@ -6,13 +6,12 @@
 use std::ffi::{c_char, c_int, c_void};
 
 use super::boundary::{
-    arg_json_object, arg_service, boundary, call, call_with, fill_field, flag, opt_str, text,
-    text_with,
+    arg_json_object, arg_service, client, done, flag, opt_str, status, text_out,
 };
 use super::{bd_device_state, bd_line_cb};
 use crate::api::{Service, ServiceAction};
 use crate::config::check_timeout_ms;
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, Result};
 use crate::{client, global, lock};
 
 // ---------------------------------------------------------------- library
@@ -28,11 +27,7 @@ pub extern "C" fn bd_version() -> *const c_char {
 /// `bd_status`); "unknown status" for any other value. Never fails.
 #[no_mangle]
 pub extern "C" fn bd_strerror(status: c_int) -> *const c_char {
-    match ErrorKind::from_code(status) {
-        Some(kind) => kind.describe_c().as_ptr(),
-        None if status == 0 => c"success".as_ptr(),
-        None => c"unknown status".as_ptr(),
-    }
+    super::describe_status(status).as_ptr()
 }
 
 /// A message about the last failure on the calling thread: what failed and
@@ -67,11 +62,11 @@ pub extern "C" fn bd_last_http_status() -> c_int {
 /// `address` and `api_key` must each be NULL or a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn bd_init(address: *const c_char, api_key: *const c_char) -> c_int {
-    boundary(|| {
+    status(|| {
         // SAFETY: the caller's promise.
         let (address, api_key) =
             unsafe { (opt_str(address, "address")?, opt_str(api_key, "api_key")?) };
-        global::init(address, api_key).map(|()| 0)
+        global::init(address, api_key).map(done)
     })
 }
 
@@ -80,7 +75,7 @@ pub unsafe extern "C" fn bd_init(address: *const c_char, api_key: *const c_char)
 /// configuration then stays).
 #[no_mangle]
 pub extern "C" fn bd_init_from_env() -> c_int {
-    boundary(|| global::init_from_env().map(|()| 0))
+    status(|| global::init_from_env().map(done))
 }
 
 /// Set the deadline of one whole request (connect, send, receive), in
@@ -93,7 +88,7 @@ pub extern "C" fn bd_init_from_env() -> c_int {
 /// for 0.
 #[no_mangle]
 pub extern "C" fn bd_set_timeout_ms(ms: u32) -> c_int {
-    boundary(|| global::set_timeout_ms(ms).map(|()| 0))
+    status(|| global::set_timeout_ms(ms).map(done))
 }
 
 /// Drop the default client and its pooled connections and restore the
@@ -103,7 +98,7 @@ pub extern "C" fn bd_set_timeout_ms(ms: u32) -> c_int {
 /// in progress on other threads finish normally. Never fails.
 #[no_mangle]
 pub extern "C" fn bd_cleanup() {
-    boundary(|| {
+    status(|| {
         global::cleanup();
         Ok(0)
     });
@@ -115,20 +110,20 @@ pub extern "C" fn bd_cleanup() {
 /// 200.
 #[no_mangle]
 pub extern "C" fn bd_ping() -> c_int {
-    call(|c| c.ping())
+    status(|| client()?.ping().map(done))
 }
 
 /// `GET /v1/healthy` (no key needed). Returns 1 when healthy (200), 0 when
 /// unhealthy (500), or a negative status.
 #[no_mangle]
 pub extern "C" fn bd_healthy() -> c_int {
-    boundary(|| Ok(flag(global::client()?.healthy()?)))
+    status(|| Ok(flag(client()?.healthy()?)))
 }
 
 /// `POST /v1/blink`: the device's LED blinks for 15 s. Returns `BD_OK`.
 #[no_mangle]
 pub extern "C" fn bd_blink() -> c_int {
-    call(|c| c.blink())
+    status(|| client()?.blink().map(done))
 }
 
 /// `POST /v1/reboot` with `{"force":force}`. Returns `BD_OK` (202);
@@ -138,7 +133,7 @@ pub extern "C" fn bd_blink() -> c_int {
 /// the locks, or a 423 came although `force` was sent.
 #[no_mangle]
 pub extern "C" fn bd_reboot(force: bool) -> c_int {
-    call(|c| c.reboot(force))
+    status(|| client()?.reboot(force).map(done))
 }
 
 /// `POST /v1/shutdown` with `{"force":force}`. Returns `BD_OK` (202);
@@ -148,14 +143,14 @@ pub extern "C" fn bd_reboot(force: bool) -> c_int {
 /// the locks, or a 423 came although `force` was sent.
 #[no_mangle]
 pub extern "C" fn bd_shutdown(force: bool) -> c_int {
-    call(|c| c.shutdown(force))
+    status(|| client()?.shutdown(force).map(done))
 }
 
 /// `POST /v1/update` with `{"force":force}` (force: apply even though locks
 /// are held). Returns `BD_OK` on 202 (accepted) or 204 (applied at once).
 #[no_mangle]
 pub extern "C" fn bd_update(force: bool) -> c_int {
-    call(|c| c.update(force))
+    status(|| client()?.update(force).map(done))
 }
 
 /// `POST /v1/update` with `{"force":force,"cancel":true}`: abandon the apply
@@ -163,7 +158,7 @@ pub extern "C" fn bd_update(force: bool) -> c_int {
 /// is stuck behind a lock). Returns `BD_OK` on 202 or 204.
 #[no_mangle]
 pub extern "C" fn bd_update_cancel(force: bool) -> c_int {
-    call(|c| c.update_cancel(force))
+    status(|| client()?.update_cancel(force).map(done))
 }
 
 /// `POST /v1/purge` with `{"appId":app_id}`: purge the app's data.
@@ -174,7 +169,7 @@ pub extern "C" fn bd_update_cancel(force: bool) -> c_int {
 /// it.
 #[no_mangle]
 pub extern "C" fn bd_purge(app_id: u32) -> c_int {
-    call(|c| c.purge(app_id))
+    status(|| client()?.purge(app_id).map(done))
 }
 
 /// `POST /v1/restart` with `{"appId":app_id}`. `app_id` may be
@@ -184,7 +179,7 @@ pub extern "C" fn bd_purge(app_id: u32) -> c_int {
 /// `bd_restart_app` is the form that sends it.
 #[no_mangle]
 pub extern "C" fn bd_restart(app_id: u32) -> c_int {
-    call(|c| c.restart(app_id))
+    status(|| client()?.restart(app_id).map(done))
 }
 
 /// `POST /v1/regenerate-api-key`. Writes the new key into `(buf, len)`
@@ -207,7 +202,7 @@ pub extern "C" fn bd_restart(app_id: u32) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn bd_regenerate_api_key(buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.regenerate_api_key()) }
+    unsafe { text_out(buf, len, || client()?.regenerate_api_key()) }
 }
 
 /// `GET /v1/apps/:appId`. Writes the JSON object text into `(buf, len)`
@@ -221,7 +216,7 @@ pub unsafe extern "C" fn bd_regenerate_api_key(buf: *mut c_char, len: usize) -> 
 #[no_mangle]
 pub unsafe extern "C" fn bd_app_state_json(app_id: u32, buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.app_state_json(app_id)) }
+    unsafe { text_out(buf, len, || client()?.app_state_json(app_id)) }
 }
 
 /// `POST /v1/apps/:appId/start` (no body). Writes the container id into
@@ -235,7 +230,7 @@ pub unsafe extern "C" fn bd_app_state_json(app_id: u32, buf: *mut c_char, len: u
 #[no_mangle]
 pub unsafe extern "C" fn bd_start_app(app_id: u32, buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.start_app(app_id)) }
+    unsafe { text_out(buf, len, || client()?.start_app(app_id)) }
 }
 
 /// `POST /v1/apps/:appId/stop` with `{"force":force}`. Writes the container
@@ -254,7 +249,7 @@ pub unsafe extern "C" fn bd_stop_app(
     len: usize,
 ) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.stop_app(app_id, force)) }
+    unsafe { text_out(buf, len, || client()?.stop_app(app_id, force)) }
 }
 
 /// `GET /v1/device`. Writes the JSON object text into `(buf, len)`
@@ -266,7 +261,7 @@ pub unsafe extern "C" fn bd_stop_app(
 #[no_mangle]
 pub unsafe extern "C" fn bd_state_json(buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.state_json()) }
+    unsafe { text_out(buf, len, || client()?.state_json()) }
 }
 
 /// `GET /v1/device/host-config`. Writes the JSON object text into
@@ -278,7 +273,7 @@ pub unsafe extern "C" fn bd_state_json(buf: *mut c_char, len: usize) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn bd_host_config_json(buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.host_config_json()) }
+    unsafe { text_out(buf, len, || client()?.host_config_json()) }
 }
 
 /// `PATCH /v1/device/host-config` with `json` (a JSON object, e.g.
@@ -292,9 +287,11 @@ pub unsafe extern "C" fn bd_host_config_json(buf: *mut c_char, len: usize) -> c_
 /// `json` must be NULL or a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn bd_set_host_config_json(json: *const c_char) -> c_int {
-    // SAFETY: the caller's promise.
-    let json = unsafe { arg_json_object(json, "json") };
-    call_with(json, |c, json| c.set_host_config_json(json))
+    status(|| {
+        // SAFETY: the caller's promise.
+        let json = unsafe { arg_json_object(json, "json") }?;
+        client()?.set_host_config_json(json).map(done)
+    })
 }
 
 // ---------------------------------------------------------------- V2
@@ -308,7 +305,7 @@ pub unsafe extern "C" fn bd_set_host_config_json(json: *const c_char) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn bd_applications_state_json(buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.applications_state_json()) }
+    unsafe { text_out(buf, len, || client()?.applications_state_json()) }
 }
 
 /// `GET /v2/applications/:appId/state`. Writes the JSON object text into
@@ -326,7 +323,7 @@ pub unsafe extern "C" fn bd_application_state_json(
     len: usize,
 ) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.application_state_json(app_id)) }
+    unsafe { text_out(buf, len, || client()?.application_state_json(app_id)) }
 }
 
 /// `GET /v2/state/status`. Writes the JSON object text into `(buf, len)`
@@ -338,7 +335,7 @@ pub unsafe extern "C" fn bd_application_state_json(
 #[no_mangle]
 pub unsafe extern "C" fn bd_state_status_json(buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.state_status_json()) }
+    unsafe { text_out(buf, len, || client()?.state_status_json()) }
 }
 
 /// `POST /v2/applications/:appId/restart-service` with
@@ -356,10 +353,12 @@ pub unsafe extern "C" fn bd_restart_service(
     service: *const c_char,
     force: bool,
 ) -> c_int {
-    // SAFETY: the caller's promise.
-    let name = unsafe { arg_service(service) };
-    call_with(name, |c, name| {
-        c.service_action(app_id, ServiceAction::Restart, Service::Name(name), force)
+    status(|| {
+        // SAFETY: the caller's promise.
+        let name = unsafe { arg_service(service) }?;
+        client()?
+            .service_action(app_id, ServiceAction::Restart, Service::Name(name), force)
+            .map(done)
     })
 }
 
@@ -374,10 +373,12 @@ pub unsafe extern "C" fn bd_stop_service(
     service: *const c_char,
     force: bool,
 ) -> c_int {
-    // SAFETY: the caller's promise.
-    let name = unsafe { arg_service(service) };
-    call_with(name, |c, name| {
-        c.service_action(app_id, ServiceAction::Stop, Service::Name(name), force)
+    status(|| {
+        // SAFETY: the caller's promise.
+        let name = unsafe { arg_service(service) }?;
+        client()?
+            .service_action(app_id, ServiceAction::Stop, Service::Name(name), force)
+            .map(done)
     })
 }
 
@@ -393,10 +394,12 @@ pub unsafe extern "C" fn bd_start_service(
     service: *const c_char,
     force: bool,
 ) -> c_int {
-    // SAFETY: the caller's promise.
-    let name = unsafe { arg_service(service) };
-    call_with(name, |c, name| {
-        c.service_action(app_id, ServiceAction::Start, Service::Name(name), force)
+    status(|| {
+        // SAFETY: the caller's promise.
+        let name = unsafe { arg_service(service) }?;
+        client()?
+            .service_action(app_id, ServiceAction::Start, Service::Name(name), force)
+            .map(done)
     })
 }
 
@@ -405,13 +408,15 @@ pub unsafe extern "C" fn bd_start_service(
 /// `bd_restart_service`.
 #[no_mangle]
 pub extern "C" fn bd_restart_service_by_image(app_id: u32, image_id: u32, force: bool) -> c_int {
-    call(|c| {
-        c.service_action(
-            app_id,
-            ServiceAction::Restart,
-            Service::Image(image_id),
-            force,
-        )
+    status(|| {
+        client()?
+            .service_action(
+                app_id,
+                ServiceAction::Restart,
+                Service::Image(image_id),
+                force,
+            )
+            .map(done)
     })
 }
 
@@ -420,7 +425,11 @@ pub extern "C" fn bd_restart_service_by_image(app_id: u32, image_id: u32, force:
 /// `bd_restart_service`.
 #[no_mangle]
 pub extern "C" fn bd_stop_service_by_image(app_id: u32, image_id: u32, force: bool) -> c_int {
-    call(|c| c.service_action(app_id, ServiceAction::Stop, Service::Image(image_id), force))
+    status(|| {
+        client()?
+            .service_action(app_id, ServiceAction::Stop, Service::Image(image_id), force)
+            .map(done)
+    })
 }
 
 /// `POST /v2/applications/:appId/start-service` with
@@ -428,13 +437,15 @@ pub extern "C" fn bd_stop_service_by_image(app_id: u32, image_id: u32, force: bo
 /// `bd_restart_service`, never `BD_ERR_LOCKED`.
 #[no_mangle]
 pub extern "C" fn bd_start_service_by_image(app_id: u32, image_id: u32, force: bool) -> c_int {
-    call(|c| {
-        c.service_action(
-            app_id,
-            ServiceAction::Start,
-            Service::Image(image_id),
-            force,
-        )
+    status(|| {
+        client()?
+            .service_action(
+                app_id,
+                ServiceAction::Start,
+                Service::Image(image_id),
+                force,
+            )
+            .map(done)
     })
 }
 
@@ -444,14 +455,14 @@ pub extern "C" fn bd_start_service_by_image(app_id: u32, image_id: u32, force: b
 /// `BD_ERR_SERVER`, `BD_ERR_NOT_CONFIGURED`.
 #[no_mangle]
 pub extern "C" fn bd_restart_app(app_id: u32, force: bool) -> c_int {
-    call(|c| c.restart_app(app_id, force))
+    status(|| client()?.restart_app(app_id, force).map(done))
 }
 
 /// `POST /v2/applications/:appId/purge` with `{"force":force}`: purge the
 /// app's data. As `bd_restart_app`.
 #[no_mangle]
 pub extern "C" fn bd_purge_app(app_id: u32, force: bool) -> c_int {
-    call(|c| c.purge_app(app_id, force))
+    status(|| client()?.purge_app(app_id, force).map(done))
 }
 
 /// `GET /v2/version`. Writes the `version` string (e.g. "19.0.5") into
@@ -463,7 +474,7 @@ pub extern "C" fn bd_purge_app(app_id: u32, force: bool) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn bd_supervisor_version(buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.supervisor_version()) }
+    unsafe { text_out(buf, len, || client()?.supervisor_version()) }
 }
 
 /// `GET /v2/containerId?service=<service, percent-encoded>`. Writes the
@@ -481,10 +492,13 @@ pub unsafe extern "C" fn bd_container_id(
     buf: *mut c_char,
     len: usize,
 ) -> c_int {
-    // SAFETY: the caller's promise.
-    let name = unsafe { arg_service(service) };
-    // SAFETY: the caller's promise.
-    unsafe { text_with(buf, len, name, |c, name| c.container_id(name)) }
+    // SAFETY: the caller's promise, for `buf` and for `service`.
+    unsafe {
+        text_out(buf, len, || {
+            let name = arg_service(service)?;
+            client()?.container_id(name)
+        })
+    }
 }
 
 /// `GET /v2/containerId`. Writes the `services` JSON object text (service
@@ -496,7 +510,7 @@ pub unsafe extern "C" fn bd_container_id(
 #[no_mangle]
 pub unsafe extern "C" fn bd_container_ids_json(buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.container_ids_json()) }
+    unsafe { text_out(buf, len, || client()?.container_ids_json()) }
 }
 
 /// `GET /v2/device/name`. Writes the `deviceName` string into `(buf, len)`
@@ -508,7 +522,7 @@ pub unsafe extern "C" fn bd_container_ids_json(buf: *mut c_char, len: usize) -> 
 #[no_mangle]
 pub unsafe extern "C" fn bd_device_name(buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.device_name()) }
+    unsafe { text_out(buf, len, || client()?.device_name()) }
 }
 
 /// `GET /v2/device/tags`. Writes the `tags` JSON array text
@@ -521,7 +535,7 @@ pub unsafe extern "C" fn bd_device_name(buf: *mut c_char, len: usize) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn bd_device_tags_json(buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.device_tags_json()) }
+    unsafe { text_out(buf, len, || client()?.device_tags_json()) }
 }
 
 /// `PATCH /v2/device/tags` with `json_object` (`{"name":"value",...}`) sent
@@ -533,9 +547,11 @@ pub unsafe extern "C" fn bd_device_tags_json(buf: *mut c_char, len: usize) -> c_
 /// `json_object` must be NULL or a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn bd_set_device_tags_json(json_object: *const c_char) -> c_int {
-    // SAFETY: the caller's promise.
-    let json = unsafe { arg_json_object(json_object, "json_object") };
-    call_with(json, |c, json| c.set_device_tags_json(json))
+    status(|| {
+        // SAFETY: the caller's promise.
+        let json = unsafe { arg_json_object(json_object, "json_object") }?;
+        client()?.set_device_tags_json(json).map(done)
+    })
 }
 
 /// `GET /v2/device/vpn`. On success writes `vpn.enabled` to `*enabled` and
@@ -547,11 +563,11 @@ pub unsafe extern "C" fn bd_set_device_tags_json(json_object: *const c_char) -> 
 /// `enabled` and `connected` must be NULL or valid `bool` pointers.
 #[no_mangle]
 pub unsafe extern "C" fn bd_vpn_status(enabled: *mut bool, connected: *mut bool) -> c_int {
-    boundary(|| {
+    status(|| {
         if enabled.is_null() || connected.is_null() {
             return Err(Error::invalid("enabled or connected is NULL"));
         }
-        let (e, c) = global::client()?.vpn_status()?;
+        let (e, c) = client()?.vpn_status()?;
         // SAFETY: both non-NULL and valid by the caller's promise.
         unsafe {
             *enabled = e;
@@ -565,7 +581,7 @@ pub unsafe extern "C" fn bd_vpn_status(enabled: *mut bool, connected: *mut bool)
 /// `BD_OK`; `BD_ERR_SERVER` (503).
 #[no_mangle]
 pub extern "C" fn bd_cleanup_volumes() -> c_int {
-    call(|c| c.cleanup_volumes())
+    status(|| client()?.cleanup_volumes().map(done))
 }
 
 /// `GET /v2/local/target-state`. Writes the `state` JSON object text into
@@ -577,7 +593,7 @@ pub extern "C" fn bd_cleanup_volumes() -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn bd_local_target_state_json(buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.local_target_state_json()) }
+    unsafe { text_out(buf, len, || client()?.local_target_state_json()) }
 }
 
 /// `POST /v2/local/target-state` with `json` (a JSON object) as the body.
@@ -592,9 +608,11 @@ pub unsafe extern "C" fn bd_local_target_state_json(buf: *mut c_char, len: usize
 /// `json` must be NULL or a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn bd_set_local_target_state_json(json: *const c_char) -> c_int {
-    // SAFETY: the caller's promise.
-    let json = unsafe { arg_json_object(json, "json") };
-    call_with(json, |c, json| c.set_local_target_state_json(json))
+    status(|| {
+        // SAFETY: the caller's promise.
+        let json = unsafe { arg_json_object(json, "json") }?;
+        client()?.set_local_target_state_json(json).map(done)
+    })
 }
 
 /// `GET /v2/local/device-info`. Writes the `info` JSON object text
@@ -607,22 +625,21 @@ pub unsafe extern "C" fn bd_set_local_target_state_json(json: *const c_char) -> 
 #[no_mangle]
 pub unsafe extern "C" fn bd_device_info_json(buf: *mut c_char, len: usize) -> c_int {
     // SAFETY: the caller's promise.
-    unsafe { text(buf, len, |c| c.device_info_json()) }
+    unsafe { text_out(buf, len, || client()?.device_info_json()) }
 }
 
 /// Deliver each line to `cb`, NUL-terminated, through a reused buffer.
-fn line_sink(cb: bd_line_cb, userdata: *mut c_void) -> impl FnMut(&[u8]) -> bool {
+/// The stream callback as a line sink; NULL is `BD_ERR_INVALID_ARGUMENT`.
+fn line_sink(cb: bd_line_cb, userdata: *mut c_void) -> Result<impl FnMut(&[u8]) -> bool> {
+    let f = cb.ok_or_else(|| Error::invalid("cb is NULL"))?;
     let mut scratch: Vec<u8> = Vec::new();
-    move |line: &[u8]| {
+    Ok(move |line: &[u8]| {
         scratch.clear();
         scratch.extend_from_slice(line);
         scratch.push(0);
-        match cb {
-            // SAFETY: the caller gave a valid callback; the line outlives the call.
-            Some(f) => unsafe { f(scratch.as_ptr().cast(), line.len(), userdata) == 0 },
-            None => false,
-        }
-    }
+        // SAFETY: the caller gave a valid callback; the line outlives the call.
+        unsafe { f(scratch.as_ptr().cast(), line.len(), userdata) == 0 }
+    })
 }
 
 /// `POST /v2/journal-logs` with `options_json` as the body (a JSON object,
@@ -647,17 +664,11 @@ pub unsafe extern "C" fn bd_journal_logs(
     cb: bd_line_cb,
     userdata: *mut c_void,
 ) -> c_int {
-    // SAFETY: the caller's promise.
-    let options = unsafe { arg_json_object(options_json, "options_json") };
-    let args = options.and_then(|o| {
-        if cb.is_some() {
-            Ok(o)
-        } else {
-            Err(Error::invalid("cb is NULL"))
-        }
-    });
-    call_with(args, |c, options| {
-        c.journal_logs(options, &mut line_sink(cb, userdata))
+    status(|| {
+        // SAFETY: the caller's promise.
+        let options = unsafe { arg_json_object(options_json, "options_json") }?;
+        let mut sink = line_sink(cb, userdata)?;
+        client()?.journal_logs(options, &mut sink).map(done)
     })
 }
 
@@ -674,12 +685,10 @@ pub unsafe extern "C" fn bd_journal_logs(
 /// `cb` must be NULL or a valid function; `userdata` is passed through.
 #[no_mangle]
 pub unsafe extern "C" fn bd_local_logs(cb: bd_line_cb, userdata: *mut c_void) -> c_int {
-    let args = if cb.is_some() {
-        Ok(())
-    } else {
-        Err(Error::invalid("cb is NULL"))
-    };
-    call_with(args, |c, ()| c.local_logs(&mut line_sink(cb, userdata)))
+    status(|| {
+        let mut sink = line_sink(cb, userdata)?;
+        client()?.local_logs(&mut sink).map(done)
+    })
 }
 
 /// `GET /v1/device` into `*out` (written only on success). Strings are
@@ -692,30 +701,11 @@ pub unsafe extern "C" fn bd_local_logs(cb: bd_line_cb, userdata: *mut c_void) ->
 /// `out` must be NULL or point to a writable `bd_device_state`.
 #[no_mangle]
 pub unsafe extern "C" fn bd_state(out: *mut bd_device_state) -> c_int {
-    boundary(|| {
+    status(|| {
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
-        let s = global::client()?.device_state()?;
-        let mut v = bd_device_state {
-            status: [0; 32],
-            commit: [0; 72],
-            os_version: [0; 64],
-            supervisor_version: [0; 32],
-            ip_address: [0; 256],
-            mac_address: [0; 256],
-            download_progress: s.download_progress.unwrap_or(-1),
-            api_port: s.api_port.unwrap_or(0),
-            update_pending: s.update_pending.unwrap_or(false),
-            update_downloaded: s.update_downloaded.unwrap_or(false),
-            update_failed: s.update_failed.unwrap_or(false),
-        };
-        fill_field(&mut v.status, s.status.as_deref());
-        fill_field(&mut v.commit, s.commit.as_deref());
-        fill_field(&mut v.os_version, s.os_version.as_deref());
-        fill_field(&mut v.supervisor_version, s.supervisor_version.as_deref());
-        fill_field(&mut v.ip_address, s.ip_address.as_deref());
-        fill_field(&mut v.mac_address, s.mac_address.as_deref());
+        let v = bd_device_state::from(&client()?.device_state()?);
         // SAFETY: non-NULL and writable by the caller's promise.
         unsafe { out.write(v) };
         Ok(0)
@@ -728,8 +718,9 @@ pub unsafe extern "C" fn bd_state(out: *mut bd_device_state) -> c_int {
 /// error says why); `BD_ERR_INVALID_ARGUMENT` for 0; `BD_ERR_NOT_CONFIGURED`.
 #[no_mangle]
 pub extern "C" fn bd_wait_for_supervisor(timeout_ms: u32) -> c_int {
-    call_with(check_timeout_ms(timeout_ms), |c, timeout| {
-        c.wait_for_supervisor(timeout)
+    status(|| {
+        let timeout = check_timeout_ms(timeout_ms)?;
+        client()?.wait_for_supervisor(timeout).map(done)
     })
 }
 
@@ -748,7 +739,7 @@ pub extern "C" fn bd_wait_for_supervisor(timeout_ms: u32) -> c_int {
 /// does not hold its parent's lock.
 #[no_mangle]
 pub extern "C" fn bd_lock_updates() -> c_int {
-    boundary(|| lock::lock_updates().map(|()| 0))
+    status(|| lock::lock_updates().map(done))
 }
 
 /// Release the update lock: remove the file only if the path still names the
@@ -757,7 +748,7 @@ pub extern "C" fn bd_lock_updates() -> c_int {
 /// cannot be removed.
 #[no_mangle]
 pub extern "C" fn bd_unlock_updates() -> c_int {
-    boundary(|| lock::unlock_updates().map(|()| 0))
+    status(|| lock::unlock_updates().map(done))
 }
 
 /// Whether the update lock file exists now, whoever created it (with the
@@ -765,7 +756,7 @@ pub extern "C" fn bd_unlock_updates() -> c_int {
 /// yes, 0 no, `BD_ERR_IO` when it cannot be checked.
 #[no_mangle]
 pub extern "C" fn bd_updates_locked() -> c_int {
-    boundary(|| lock::updates_locked().map(flag))
+    status(|| lock::updates_locked().map(flag))
 }
 
 /// Use `path` (absolute) for the update lock file; NULL restores the
@@ -777,10 +768,10 @@ pub extern "C" fn bd_updates_locked() -> c_int {
 /// `path` must be NULL or a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn bd_set_update_lock_path(path: *const c_char) -> c_int {
-    boundary(|| {
+    status(|| {
         // SAFETY: the caller's promise.
         let path = unsafe { opt_str(path, "path") }?;
-        lock::set_lock_path(path).map(|()| 0)
+        lock::set_lock_path(path).map(done)
     })
 }
 
@@ -794,7 +785,7 @@ pub unsafe extern "C" fn bd_set_update_lock_path(path: *const c_char) -> c_int {
 /// Sends nothing. Returns `BD_OK`.
 #[no_mangle]
 pub extern "C" fn bd_set_stream_timeout_ms(ms: u32) -> c_int {
-    boundary(|| {
+    status(|| {
         client::set_stream_timeout_ms(ms);
         Ok(0)
     })
@@ -837,7 +828,7 @@ pub enum bd_lock_holder {
 /// checked.
 #[no_mangle]
 pub extern "C" fn bd_update_lock_holder() -> c_int {
-    boundary(|| {
+    status(|| {
         let holder = match lock::update_lock_holder()? {
             lock::Holder::None => bd_lock_holder::BD_LOCK_NONE,
             lock::Holder::ThisProcess => bd_lock_holder::BD_LOCK_THIS_PROCESS,
@@ -856,7 +847,7 @@ pub extern "C" fn bd_update_lock_holder() -> c_int {
 /// `bd_lock_updates`.
 #[no_mangle]
 pub extern "C" fn bd_lock_updates_wait(timeout_ms: u32) -> c_int {
-    boundary(|| {
-        lock::lock_updates_wait(std::time::Duration::from_millis(u64::from(timeout_ms))).map(|()| 0)
+    status(|| {
+        lock::lock_updates_wait(std::time::Duration::from_millis(u64::from(timeout_ms))).map(done)
     })
 }

@@ -3,7 +3,10 @@
 
 #![allow(non_camel_case_types)]
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use crate::api::DeviceState;
+use crate::error::ErrorKind;
 
 pub mod boundary;
 mod exports;
@@ -63,6 +66,105 @@ pub enum bd_status {
     BD_ERR_HOST_UPDATE = -16,
 }
 
+impl From<ErrorKind> for bd_status {
+    /// The one place where a core error kind becomes a C status.
+    fn from(kind: ErrorKind) -> bd_status {
+        use bd_status::*;
+        match kind {
+            ErrorKind::InvalidArgument => BD_ERR_INVALID_ARGUMENT,
+            ErrorKind::NotConfigured => BD_ERR_NOT_CONFIGURED,
+            ErrorKind::Connect => BD_ERR_CONNECT,
+            ErrorKind::Timeout => BD_ERR_TIMEOUT,
+            ErrorKind::Io => BD_ERR_IO,
+            ErrorKind::Unauthorized => BD_ERR_UNAUTHORIZED,
+            ErrorKind::Locked => BD_ERR_LOCKED,
+            ErrorKind::BadRequest => BD_ERR_BAD_REQUEST,
+            ErrorKind::NotFound => BD_ERR_NOT_FOUND,
+            ErrorKind::Server => BD_ERR_SERVER,
+            ErrorKind::Http => BD_ERR_HTTP,
+            ErrorKind::InvalidResponse => BD_ERR_INVALID_RESPONSE,
+            ErrorKind::TooLarge => BD_ERR_TOO_LARGE,
+            ErrorKind::Internal => BD_ERR_INTERNAL,
+            ErrorKind::Busy => BD_ERR_BUSY,
+            ErrorKind::HostUpdate => BD_ERR_HOST_UPDATE,
+        }
+    }
+}
+
+impl bd_status {
+    /// Every status, in value order (`BD_OK` first).
+    const ALL: [bd_status; 17] = {
+        use bd_status::*;
+        [
+            BD_OK,
+            BD_ERR_INVALID_ARGUMENT,
+            BD_ERR_NOT_CONFIGURED,
+            BD_ERR_CONNECT,
+            BD_ERR_TIMEOUT,
+            BD_ERR_IO,
+            BD_ERR_UNAUTHORIZED,
+            BD_ERR_LOCKED,
+            BD_ERR_BAD_REQUEST,
+            BD_ERR_NOT_FOUND,
+            BD_ERR_SERVER,
+            BD_ERR_HTTP,
+            BD_ERR_INVALID_RESPONSE,
+            BD_ERR_TOO_LARGE,
+            BD_ERR_INTERNAL,
+            BD_ERR_BUSY,
+            BD_ERR_HOST_UPDATE,
+        ]
+    };
+
+    /// The status with this value, if there is one.
+    fn from_value(value: c_int) -> Option<bd_status> {
+        Self::ALL.into_iter().find(|s| *s as c_int == value)
+    }
+
+    /// The static text `bd_strerror` gives.
+    fn describe(self) -> &'static CStr {
+        use bd_status::*;
+        match self {
+            BD_OK => c"success",
+            BD_ERR_INVALID_ARGUMENT => {
+                c"invalid argument: bad input from the caller, nothing was sent"
+            }
+            BD_ERR_NOT_CONFIGURED => c"not configured: no supervisor address or API key known",
+            BD_ERR_CONNECT => c"could not connect to the supervisor",
+            BD_ERR_TIMEOUT => c"the request's deadline passed",
+            BD_ERR_IO => c"the connection broke mid-request (or a local I/O error)",
+            BD_ERR_UNAUTHORIZED => {
+                c"unauthorized (HTTP 401): API key missing, invalid or out of scope"
+            }
+            BD_ERR_LOCKED => c"an app's update lock is held (HTTP 423); force overrides it",
+            BD_ERR_BAD_REQUEST => c"bad request (HTTP 400)",
+            BD_ERR_NOT_FOUND => c"not found (HTTP 404)",
+            BD_ERR_SERVER => c"supervisor error (HTTP 5xx)",
+            BD_ERR_HTTP => c"unexpected HTTP status",
+            BD_ERR_INVALID_RESPONSE => c"the response body is not what the endpoint documents",
+            BD_ERR_TOO_LARGE => c"the response exceeded the size cap",
+            BD_ERR_INTERNAL => c"internal error in balena_device (a bug)",
+            BD_ERR_BUSY => {
+                c"the supervisor is busy: its own operation holds the app's locks (HTTP 423); \
+                  force cannot help, retry later"
+            }
+            BD_ERR_HOST_UPDATE => {
+                c"a host OS update is finishing (HTTP 423); do not force, retry after it"
+            }
+        }
+    }
+}
+
+/// The C value of a core error kind.
+pub(crate) fn status_of(kind: ErrorKind) -> c_int {
+    bd_status::from(kind) as c_int
+}
+
+/// The static text for a status value; "unknown status" for any other.
+pub(crate) fn describe_status(value: c_int) -> &'static CStr {
+    bd_status::from_value(value).map_or(c"unknown status", bd_status::describe)
+}
+
 /// App id meaning "this app": `BALENA_APP_ID`, else `RESIN_APP_ID`
 /// (unset → `BD_ERR_NOT_CONFIGURED`).
 pub const BD_CURRENT_APP: u32 = 0;
@@ -101,4 +203,48 @@ pub struct bd_device_state {
     pub update_downloaded: bool,
     /// The last update failed (false when absent or null).
     pub update_failed: bool,
+}
+
+impl From<&DeviceState> for bd_device_state {
+    /// The typed `GET /v1/device` as the C struct: strings truncated to
+    /// their field at a character boundary, `""` when absent;
+    /// `download_progress` -1, `api_port` 0 and booleans false when absent.
+    fn from(s: &DeviceState) -> bd_device_state {
+        let mut v = bd_device_state {
+            status: [0; 32],
+            commit: [0; 72],
+            os_version: [0; 64],
+            supervisor_version: [0; 32],
+            ip_address: [0; 256],
+            mac_address: [0; 256],
+            download_progress: s.download_progress.unwrap_or(-1),
+            api_port: s.api_port.unwrap_or(0),
+            update_pending: s.update_pending.unwrap_or(false),
+            update_downloaded: s.update_downloaded.unwrap_or(false),
+            update_failed: s.update_failed.unwrap_or(false),
+        };
+        fill_field(&mut v.status, s.status.as_deref());
+        fill_field(&mut v.commit, s.commit.as_deref());
+        fill_field(&mut v.os_version, s.os_version.as_deref());
+        fill_field(&mut v.supervisor_version, s.supervisor_version.as_deref());
+        fill_field(&mut v.ip_address, s.ip_address.as_deref());
+        fill_field(&mut v.mac_address, s.mac_address.as_deref());
+        v
+    }
+}
+
+/// Copy `text` into a fixed C char array, truncated at a character boundary
+/// so it always ends with a NUL inside the array. Absent → `""`.
+pub fn fill_field<const N: usize>(field: &mut [c_char; N], text: Option<&str>) {
+    let text = text.unwrap_or("");
+    let mut n = text.len().min(N.saturating_sub(1));
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    for (dst, &src) in field.iter_mut().zip(&text.as_bytes()[..n]) {
+        *dst = src as c_char;
+    }
+    for dst in field.iter_mut().skip(n) {
+        *dst = 0;
+    }
 }
