@@ -483,6 +483,39 @@ fn c_suite_calls_every_header_function() {
     );
 }
 
+/// The README's tables name every function and status of the header.
+#[test]
+fn readme_names_every_header_function_and_status() {
+    let header = std::fs::read_to_string(manifest_dir().join("include/balena_device.h"))
+        .expect("reading include/balena_device.h");
+    let readme =
+        std::fs::read_to_string(manifest_dir().join("README.md")).expect("reading README.md");
+    let declared = called_names(&code_only(&header));
+    assert!(
+        declared.len() >= 50,
+        "only {} functions found",
+        declared.len()
+    );
+    let missing: Vec<&String> = declared
+        .iter()
+        .filter(|name| {
+            !readme.contains(&format!("`{name}(")) && !readme.contains(&format!("`{name}`"))
+        })
+        .collect();
+    assert!(missing.is_empty(), "README.md never names: {missing:?}");
+    let statuses: Vec<&str> = header
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("BD_ERR_"))
+        .collect();
+    assert!(statuses.len() >= 16, "{statuses:?}");
+    for status in statuses {
+        assert!(
+            readme.contains(&format!("| `{status}` |")),
+            "README.md's status table lacks {status}"
+        );
+    }
+}
+
 /// The examples compile with `-Wall -Wextra -Werror -pedantic` and, run
 /// against the simulator, print what the simulator holds.
 #[test]

@@ -1180,7 +1180,7 @@ fn a_timeout_of_zero_is_invalid() {
 
 #[test]
 fn strerror_describes_every_status() {
-    let codes: Vec<c_int> = (0..=14).map(|n| -n).collect();
+    let codes: Vec<c_int> = (0..=16).map(|n| -n).collect();
     let mut seen = std::collections::HashSet::new();
     for c in codes {
         let p = bd_strerror(c);
@@ -1192,7 +1192,7 @@ fn strerror_describes_every_status() {
         assert!(seen.insert(text.to_string()), "{c}: duplicate {text:?}");
         assert_eq!(bd_strerror(c), p, "static text");
     }
-    for c in [1, 5, -15, -100, c_int::MIN, c_int::MAX] {
+    for c in [1, 5, -17, -100, c_int::MIN, c_int::MAX] {
         // SAFETY: a static NUL-terminated string.
         let text = unsafe { CStr::from_ptr(bd_strerror(c)) }.to_str().unwrap();
         assert_eq!(text, "unknown status", "{c}");
@@ -1214,6 +1214,8 @@ fn strerror_describes_every_status() {
         (bd_status::BD_ERR_INVALID_RESPONSE, -12),
         (bd_status::BD_ERR_TOO_LARGE, -13),
         (bd_status::BD_ERR_INTERNAL, -14),
+        (bd_status::BD_ERR_BUSY, -15),
+        (bd_status::BD_ERR_HOST_UPDATE, -16),
     ];
     for (s, v) in values {
         assert_eq!(s as c_int, v, "{s:?}");

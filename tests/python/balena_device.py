@@ -78,6 +78,8 @@ BD_ERR_HTTP = -11
 BD_ERR_INVALID_RESPONSE = -12
 BD_ERR_TOO_LARGE = -13
 BD_ERR_INTERNAL = -14
+BD_ERR_BUSY = -15
+BD_ERR_HOST_UPDATE = -16
 
 #: status value -> name, e.g. STATUS_NAMES[-7] == "BD_ERR_LOCKED"
 STATUS_NAMES = {
@@ -88,6 +90,13 @@ STATUS_NAMES = {
 
 #: App id meaning "this app" (BALENA_APP_ID, else RESIN_APP_ID).
 BD_CURRENT_APP = 0
+
+#: bd_update_lock_holder() values.
+BD_LOCK_NONE = 0
+BD_LOCK_THIS_PROCESS = 1
+BD_LOCK_OTHER = 2
+BD_LOCK_SUPERVISOR = 3
+BD_LOCK_STALE = 4
 
 # ---------------------------------------------------------------- types
 
@@ -187,6 +196,11 @@ FUNCTIONS = {
     "bd_unlock_updates": (c_int, []),
     "bd_updates_locked": (c_int, []),
     "bd_set_update_lock_path": (c_int, [_STR]),
+    "bd_update_cancel": (c_int, [c_bool]),
+    "bd_set_stream_timeout_ms": (c_int, [c_uint32]),
+    "bd_stop_streams": (None, []),
+    "bd_update_lock_holder": (c_int, []),
+    "bd_lock_updates_wait": (c_int, [c_uint32]),
 }
 
 # ---------------------------------------------------------------- loading

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 import urllib.request
 
@@ -231,7 +232,7 @@ class TestBinding(unittest.TestCase):
         enum = re.search(r"typedef enum bd_status \{(.*?)\} bd_status;", read_header(), re.S)
         self.assertIsNotNone(enum)
         values = dict((k, int(v)) for k, v in re.findall(r"(BD_\w+) = (-?\d+)", enum.group(1)))
-        self.assertEqual(len(values), 15)
+        self.assertEqual(len(values), 17)
         self.assertEqual(values, {name: value for value, name in bd.STATUS_NAMES.items()})
         for name, value in values.items():
             self.assertEqual(getattr(bd, name), value)
@@ -579,6 +580,76 @@ class TestUpdateLock(SimTestCase):
                 self.assertEqual(LIB.bd_unlock_updates(), bd.BD_OK)
                 self.assertTrue(os.path.exists(path), "someone else's lock file is left alone")
             finally:
+                LIB.bd_set_update_lock_path(None)
+
+
+class TestPart3(SimTestCase):
+    """0.2.0: the three kinds of 423, update cancel, stream stop, lock holders."""
+
+    def test_three_kinds_of_423(self):
+        sim("POST", "state", {"locked": True})
+        self.assertEqual(LIB.bd_reboot(False), bd.BD_ERR_LOCKED, bd.last_error(LIB))
+        self.assertIn("retry with force", bd.last_error(LIB))
+        sim("POST", "state", {"locked": False, "locks_busy": True, "busy_wait_ms": 50})
+        self.assertEqual(LIB.bd_reboot(True), bd.BD_ERR_BUSY, bd.last_error(LIB))
+        self.assertEqual(LIB.bd_last_http_status(), 423)
+        self.assertNotIn("retry with force", bd.last_error(LIB))
+        sim("POST", "state", {"locks_busy": False, "host_update": True})
+        self.assertEqual(LIB.bd_shutdown(False), bd.BD_ERR_HOST_UPDATE, bd.last_error(LIB))
+        self.assertIn("Waiting for Host OS update to finish", bd.last_error(LIB))
+        self.assertEqual(sim("GET", "state")["actions"], [])
+
+    def test_update_cancel(self):
+        self.assertEqual(LIB.bd_update_cancel(True), bd.BD_OK, bd.last_error(LIB))
+        rec = last()
+        self.assertWire(rec, "POST", "/v1/update", {"force": True, "cancel": True})
+        self.assertKeyed(rec)
+
+    def test_stop_streams_from_another_thread(self):
+        lines = []
+
+        def on_line(line, length, _userdata):
+            lines.append(line[:length])
+            return 0
+
+        cb = bd.bd_line_cb(on_line)
+        self.assertEqual(LIB.bd_set_timeout_ms(300), bd.BD_OK)
+        sim("POST", "state", {"journal_quiet": True})
+        stopper = threading.Timer(0.8, LIB.bd_stop_streams)
+        started = time.monotonic()
+        stopper.start()
+        rc = LIB.bd_journal_logs(b'{"follow":true,"count":1}', cb, None)
+        took = time.monotonic() - started
+        stopper.join()
+        self.assertEqual(rc, bd.BD_OK, bd.last_error(LIB))
+        self.assertEqual(len(lines), 1)
+        self.assertGreaterEqual(took, 0.75, "the quiet stream outlived the request timeout")
+        self.assertEqual(LIB.bd_set_stream_timeout_ms(300), bd.BD_OK)
+        try:
+            rc = LIB.bd_journal_logs(b'{"follow":true,"count":1}', cb, None)
+            self.assertEqual(rc, bd.BD_ERR_TIMEOUT, bd.last_error(LIB))
+        finally:
+            LIB.bd_set_stream_timeout_ms(0)
+
+    def test_lock_holder_and_wait(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "updates.lock")
+            try:
+                self.assertEqual(LIB.bd_set_update_lock_path(path.encode()), bd.BD_OK)
+                self.assertEqual(LIB.bd_update_lock_holder(), bd.BD_LOCK_NONE)
+                self.assertEqual(LIB.bd_lock_updates_wait(1000), bd.BD_OK, bd.last_error(LIB))
+                self.assertEqual(LIB.bd_update_lock_holder(), bd.BD_LOCK_THIS_PROCESS)
+                with open(path) as f:
+                    self.assertIn("pid %d" % os.getpid(), f.read())
+                self.assertEqual(LIB.bd_unlock_updates(), bd.BD_OK)
+                open(path, "w").close()
+                self.assertEqual(LIB.bd_update_lock_holder(), bd.BD_LOCK_OTHER)
+                started = time.monotonic()
+                self.assertEqual(LIB.bd_lock_updates_wait(200), bd.BD_ERR_LOCKED)
+                self.assertGreaterEqual(time.monotonic() - started, 0.19)
+                self.assertIn("waited", bd.last_error(LIB))
+            finally:
+                LIB.bd_unlock_updates()
                 LIB.bd_set_update_lock_path(None)
 
 
